@@ -1,0 +1,130 @@
+"""The flanpipe command line: thin typer commands over the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flanpipe import preview, validate as validation
+from flanpipe.errors import CompileError
+from flanpipe.plan import load_plan
+from flanpipe.report import plan_table, rates_table
+from flanpipe.spec import write_schemas
+from flanpipe.tokenizer import file_sha256
+from flanpipe.vocab import train_from_collection
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compile FLAN-style instruction-tuning data.")
+console = Console()
+err_console = Console(stderr=True)
+_STATE = {"debug": False}
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+    _STATE["debug"] = debug
+
+
+def _fail(error: Exception) -> None:
+    if _STATE["debug"]:
+        raise error
+    err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def validate(paths: Annotated[Optional[list[Path]], typer.Argument(help="Template dirs or pipeline files.")] = None
+             ) -> None:
+    """Check every dataset, taxonomy and pipeline file; list all problems (exit 1 if any)."""
+    problems, checked = validation.validate_paths(paths or [])
+    for p in problems:
+        err_console.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
+    if problems:
+        err_console.print(f"{len(problems)} problem(s) in {checked} file(s)")
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {checked} file(s) valid")
+
+
+@app.command()
+def render(
+    dataset: Annotated[str, typer.Argument(help="Dataset id, e.g. rte.")],
+    template: Annotated[Optional[int], typer.Option("--template", "-t", help="Template index 0-9 (default: all).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Examples to show.")] = 5,
+    split: Annotated[str, typer.Option("--split", help="train, validation or test.")] = "train",
+    mode: Annotated[str, typer.Option("--mode", help="natural, dataset_name or none.")] = "natural",
+) -> None:
+    """Pretty-print rendered inputs and targets from the bundled samples."""
+    try:
+        rows = preview.render_samples(dataset, template=template, n=n, split=split, mode=mode)
+    except CompileError as e:
+        _fail(e)
+    for row in rows:
+        console.rule(f"{dataset} {row.key}  template {row.rendered.template}"
+                     + ("  (turned)" if row.rendered.turned else ""))
+        console.print("[bold]input[/]", highlight=False)
+        console.print(row.rendered.inputs, markup=False, highlight=False)
+        console.print("[bold]target[/]", highlight=False)
+        console.print(row.rendered.targets, markup=False, highlight=False)
+
+
+@app.command()
+def plan(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="Only these splits.")] = None,
+    rates: Annotated[bool, typer.Option("--rates", help="Also list every dataset's mixing rate.")] = False,
+) -> None:
+    """Show what a pipeline builds: each held-out split, clusters removed, datasets kept, counts, rates."""
+    try:
+        p = load_plan(pipeline, only=split)
+    except CompileError as e:
+        _fail(e)
+    console.print(plan_table(p))
+    if rates:
+        for s in p.splits:
+            console.print(rates_table(p, s))
+
+
+@app.command()
+def schema(out: Annotated[Path, typer.Option("--out", help="Directory for the JSON Schemas.")] = Path("docs/schemas")
+           ) -> None:
+    """Write JSON Schemas of the dataset, taxonomy and pipeline YAML files (for editor completion)."""
+    for path in write_schemas(out):
+        console.print(f"wrote {path}")
+
+
+tokenizer_app = typer.Typer(help="SentencePiece tokenizer commands.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    out: Annotated[Path, typer.Option("--out", help="Output .model path.")],
+    vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary size.")] = 8000,
+    pipeline: Annotated[Optional[Path], typer.Option("--pipeline", help="Read text from this pipeline's source "
+                                                     "(default: the bundled samples).")] = None,
+) -> None:
+    """Train a SentencePiece model on the rendered collection (every template of every train example)."""
+    try:
+        path, n = train_from_collection(out, vocab_size=vocab_size, pipeline=pipeline)
+    except CompileError as e:
+        _fail(e)
+    console.print(f"wrote {path} (vocab {vocab_size}, {n} texts, sha256 {file_sha256(path)})")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except CompileError as e:  # errors raised outside a command's own handling
+        if _STATE["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,107 @@
+"""Plan: pipeline + collection -> which datasets each held-out split trains on and evaluates, and how much."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flanpipe.collection import TEMPLATES_DIR, Collection, load_collection
+from flanpipe.errors import SpecError, did_you_mean
+from flanpipe.mixing import allocate, mixing_rates
+from flanpipe.sources import count_examples
+from flanpipe.spec import ExamplesSize, PipelineSpec, load_pipeline
+from flanpipe.yamlio import Located
+
+ALL_SPLIT = "all"
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """One mixture: a held-out cluster (or 'all'), what is removed, trained and evaluated."""
+
+    name: str
+    removed: tuple[str, ...]
+    train: tuple[str, ...]
+    eval: tuple[str, ...]
+    rates: dict[str, float] = field(hash=False)
+    # Examples per dataset when the mixture size is given in examples; empty when it is
+    # given in steps x tokens (then the compiler sizes it after tokenization).
+    allocation: dict[str, int] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a compile needs, resolved and checked; immutable and picklable."""
+
+    pipeline: PipelineSpec
+    pipeline_path: Path
+    collection: Collection
+    counts: dict[str, int]  # train examples available per dataset, after the cap
+    splits: tuple[SplitPlan, ...]
+
+    @property
+    def datasets(self) -> list[str]:
+        """Every dataset some split trains on or evaluates, sorted."""
+        return sorted({d for s in self.splits for d in s.train + s.eval})
+
+    def split(self, name: str) -> SplitPlan:
+        return next(s for s in self.splits if s.name == name)
+
+
+def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DIR,
+              only: list[str] | None = None) -> Plan:
+    """Load a pipeline and the collection, check cross-references, and build the plan.
+
+    Args:
+      pipeline_path: the pipeline YAML.
+      templates: the templates directory.
+      only: build only these split names (``--split``); None builds all.
+    """
+    pipeline, located = load_pipeline(pipeline_path)
+    collection = load_collection(templates)
+    _check_names(pipeline, located, collection)
+    held = list(pipeline.held_out) + ([ALL_SPLIT] if pipeline.include_all else [])
+    if only:
+        for name in only:
+            if name not in held:
+                raise SpecError(pipeline_path, None, "--split",
+                                f"unknown split {name!r}{did_you_mean(name, held)}; this pipeline builds "
+                                f"{', '.join(held)}")
+        held = [h for h in held if h in only]
+    universe = set(pipeline.datasets) if pipeline.datasets is not None else set(collection.datasets)
+    training_clusters = pipeline.clusters if pipeline.clusters is not None else list(collection.taxonomy.clusters)
+    counts = {d: min(count_examples(collection.datasets[d], "train", pipeline.source), pipeline.mixing.cap)
+              for d in sorted(universe) if "train" in collection.datasets[d].source.splits}
+    splits = []
+    for name in held:
+        tax = collection.taxonomy
+        removed = tuple(tax.removed_with(name)) if name != ALL_SPLIT else ()
+        train = tuple(d for c in training_clusters if c not in removed
+                      for d in tax.clusters[c].datasets if d in counts)
+        evals = () if name == ALL_SPLIT else tuple(
+            d for d in tax.clusters[name].datasets + tax.clusters[name].eval_only if d in universe)
+        if not train:
+            raise SpecError(located.path, located.where(("held_out",))[1], "held_out",
+                            f"holding out {name!r} leaves no dataset to train on")
+        rates = mixing_rates({d: counts[d] for d in train}, pipeline.mixing.maximum_rate)
+        size = pipeline.mixture_size
+        allocation = allocate(rates, size.examples) if isinstance(size, ExamplesSize) else {}
+        splits.append(SplitPlan(name, removed, train, evals, rates, allocation))
+    return Plan(pipeline, Path(pipeline_path).resolve(), collection, counts, tuple(splits))
+
+
+def _check_names(pipeline: PipelineSpec, located: Located, collection: Collection) -> None:
+    clusters = collection.taxonomy.clusters
+    for key in ("held_out", "clusters"):
+        for i, name in enumerate(getattr(pipeline, key) or []):
+            if name not in clusters:
+                file, line = located.where((key, i))
+                raise SpecError(file, line, f"{key}[{i}]", f"unknown cluster {name!r}{did_you_mean(name, clusters)}")
+    for i, name in enumerate(pipeline.datasets or []):
+        if name not in collection.datasets:
+            file, line = located.where(("datasets", i))
+            raise SpecError(file, line, f"datasets[{i}]",
+                            f"unknown dataset {name!r}{did_you_mean(name, collection.datasets)}")
+    if len(set(pipeline.held_out)) != len(pipeline.held_out):
+        file, line = located.where(("held_out",))
+        raise SpecError(file, line, "held_out", "a cluster is listed twice")

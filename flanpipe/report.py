@@ -1,0 +1,57 @@
+"""Rich tables that summarise a plan or a compile, for the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.table import Table
+
+from flanpipe.plan import Plan, SplitPlan
+
+
+def plan_table(plan: Plan) -> Table:
+    """One row per split: held-out cluster, clusters removed, datasets kept, examples, top rates."""
+    size = plan.pipeline.mixture_size
+    size_text = (f"{size.examples:,} examples" if hasattr(size, "examples")
+                 else f"{size.steps:,} steps x {size.batch_tokens:,} tokens")  # type: ignore[union-attr]
+    table = Table(title=f"{plan.pipeline.name}: {len(plan.splits)} split(s), mixture {size_text}, "
+                        f"source {plan.pipeline.source.kind}, seed {plan.pipeline.seed}")
+    for col in ("split (held out)", "clusters removed", "train datasets", "train examples (capped)",
+                "eval datasets", "largest rates"):
+        table.add_column(col, overflow="fold")
+    for s in plan.splits:
+        top = sorted(s.rates.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        table.add_row(
+            s.name,
+            ", ".join(s.removed) or "-",
+            f"{len(s.train)} in {len({plan.collection.datasets[d].cluster for d in s.train})} clusters",
+            f"{sum(plan.counts[d] for d in s.train):,}",
+            ", ".join(s.eval) or "-",
+            ", ".join(f"{d} {r:.1%}" for d, r in top),
+        )
+    return table
+
+
+def rates_table(plan: Plan, split: SplitPlan) -> Table:
+    """Every training dataset of one split with its count, rate and allocated examples."""
+    table = Table(title=f"{split.name}: mixing rates")
+    for col in ("dataset", "cluster", "examples (capped)", "rate", "allocated"):
+        table.add_column(col, justify="right" if col != "dataset" and col != "cluster" else "left")
+    for d in split.train:
+        table.add_row(d, plan.collection.datasets[d].cluster, f"{plan.counts[d]:,}", f"{split.rates[d]:.2%}",
+                      f"{split.allocation.get(d, 0):,}" if split.allocation else "by tokens")
+    return table
+
+
+def summary_table(title: str, rows: list[Mapping[str, Any]]) -> Table:
+    """A plain table from a list of dicts sharing keys (compile summaries)."""
+    table = Table(title=title)
+    if not rows:
+        return table
+    for key in rows[0]:
+        table.add_column(str(key), justify="right" if isinstance(rows[0][key], (int, float)) else "left")
+    for row in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else (f"{v:.4f}" if isinstance(v, float) else str(v))
+                        for v in row.values()))
+    return table

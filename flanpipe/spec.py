@@ -1,0 +1,480 @@
+"""Pydantic models for the three YAML kinds (dataset file, taxonomy, pipeline) and their loaders."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+
+from flanpipe.errors import SpecError, did_you_mean
+from flanpipe.yamlio import Loc, Located, dotted, load_yaml
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+_NAME = r"^[a-z][a-z0-9_]*$"
+SplitName = Literal["train", "validation", "test"]
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+
+# --------------------------------------------------------------------------- dataset file
+class FeatureField(BaseModel):
+    """A template variable read straight from a source feature (nested paths use '/')."""
+
+    model_config = _STRICT
+    feature: str = Field(description="Source feature path, e.g. 'premise' or 'question/stem'.")
+
+
+class ExprField(BaseModel):
+    """A template variable computed by a sandboxed Jinja2 expression over earlier fields."""
+
+    model_config = _STRICT
+    expr: str = Field(description="Jinja2 expression over fields declared above, e.g. \"choices.text | join(', ')\".")
+
+
+def _field_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "expr" if "expr" in value else "feature"
+    return "expr" if isinstance(value, ExprField) else "feature"
+
+
+FieldSpec = Annotated[
+    Annotated[FeatureField, Tag("feature")] | Annotated[ExprField, Tag("expr")],
+    Discriminator(_field_tag),
+]
+
+
+class TfdsSource(BaseModel):
+    """Where a dataset's examples come from in TensorFlow Datasets, and how its splits are sliced."""
+
+    model_config = _STRICT
+    tfds: str = Field(
+        pattern=r"^[a-z0-9_]+(/[A-Za-z0-9_.\-]+)?:\d+\.\d+\.\d+$",
+        description="Pinned TFDS builder 'name[/config]:version', e.g. 'super_glue/rte:1.0.2'.",
+    )
+    splits: dict[SplitName, str] = Field(
+        description="Our split -> TFDS split slice, e.g. {train: 'train[:-200]', validation: 'train[-200:]'}."
+    )
+    key: str | None = Field(
+        default=None,
+        description="Feature path giving a stable example key; None means the example's index in its TFDS split.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TfdsSource:
+        if "test" not in self.splits:
+            raise ValueError("splits must define 'test' (the split the held-out evaluation reports)")
+        for name, expr in self.splits.items():
+            if not re.fullmatch(r"[A-Za-z0-9_]+(\[-?\d*%?:?-?\d*%?\])?", expr):
+                raise ValueError(f"split {name!r}: {expr!r} is not a TFDS split slice like 'train[:30000]'")
+        return self
+
+    @property
+    def builder(self) -> str:
+        """'glue/mnli:2.0.0' -> 'glue'."""
+        return self.tfds.split("/")[0].split(":")[0]
+
+    @property
+    def config(self) -> str | None:
+        """'glue/mnli:2.0.0' -> 'mnli'."""
+        name = self.tfds.split(":")[0]
+        return name.split("/", 1)[1] if "/" in name else None
+
+    @property
+    def version(self) -> str:
+        return self.tfds.rsplit(":", 1)[1]
+
+
+class FixedOptions(BaseModel):
+    """Classification options fixed for the dataset, in label order."""
+
+    model_config = _STRICT
+    fixed: list[str] = Field(min_length=2, description="Option texts in label order (label i -> fixed[i]).")
+
+
+class ExprOptions(BaseModel):
+    """Classification options computed per example by a Jinja2 expression returning a list."""
+
+    model_config = _STRICT
+    expr: str = Field(description="Jinja2 expression over fields returning the list of option texts.")
+
+
+OptionsSpec = Annotated[
+    Annotated[FixedOptions, Tag("fixed")] | Annotated[ExprOptions, Tag("expr")],
+    Discriminator(lambda v: ("fixed" if "fixed" in v else "expr") if isinstance(v, dict) else (
+        "fixed" if isinstance(v, FixedOptions) else "expr")),
+]
+
+
+class Raw(BaseModel):
+    """What the template-free ablation modes show: which fields form the input and the target."""
+
+    model_config = _STRICT
+    inputs: list[str] = Field(min_length=1, description="Fields joined (one per line) as the raw input.")
+    target: str = Field(description="Field used as the raw target ('answer' for classification).")
+
+
+class Template(BaseModel):
+    """One instruction template: Jinja2 strings for the input and the target."""
+
+    model_config = _STRICT
+    input: str = Field(min_length=1, description="Jinja2 template of the model input.")
+    target: str = Field(min_length=1, description="Jinja2 template of the target.")
+    turned: bool = Field(default=False, description="True when the template asks for the task reversed.")
+
+
+class DatasetSpec(BaseModel):
+    """One dataset file: identity, source, field map, options and exactly ten templates."""
+
+    model_config = _STRICT
+    name: str = Field(pattern=_NAME, description="Task id; must equal the file name without '.yaml'.")
+    title: str = Field(min_length=1, description="Display name used by the dataset-name instruction mode, e.g. 'RTE'.")
+    cluster: str = Field(pattern=_NAME, description="Task cluster id (a key of taxonomy.yaml clusters).")
+    kind: Literal["classification", "generation"] = Field(description="Classification gets options and rank scoring.")
+    source: TfdsSource
+    fields: dict[str, FieldSpec] = Field(
+        min_length=1, description="Template variable -> source feature or expression, evaluated in order."
+    )
+    filter: str | None = Field(
+        default=None, description="Optional Jinja2 expression over fields; examples where it is false are dropped."
+    )
+    options: OptionsSpec | None = Field(default=None, description="Classification only: the answer options.")
+    answer: str | None = Field(
+        default=None,
+        description="Classification only: Jinja2 expression giving the index of the right option.",
+    )
+    raw: Raw = Field(description="Fields used by the no-template and dataset-name instruction modes.")
+    templates: list[Template] = Field(description="Exactly 10 templates; at most 3 turned.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetSpec:
+        if self.kind == "classification" and (self.options is None or self.answer is None):
+            raise ValueError("a classification dataset needs 'options' and 'answer'")
+        if self.kind == "generation" and (self.options is not None or self.answer is not None):
+            raise ValueError("a generation dataset takes no 'options' or 'answer'")
+        for reserved in ("options", "answer"):
+            if reserved in self.fields:
+                raise ValueError(f"field name {reserved!r} is reserved for classification datasets")
+        return self
+
+    def variables(self) -> list[str]:
+        """Every name a template may use: the fields, plus options/answer for classification."""
+        extra = ["options", "answer"] if self.kind == "classification" else []
+        return list(self.fields) + extra
+
+
+# --------------------------------------------------------------------------- taxonomy
+class Cluster(BaseModel):
+    """A task cluster: its datasets and the other clusters removed whenever it is held out."""
+
+    model_config = _STRICT
+    title: str = Field(min_length=1, description="Display name, e.g. 'Natural language inference'.")
+    datasets: list[str] = Field(min_length=1, description="Dataset ids trained and evaluated in this cluster.")
+    eval_only: list[str] = Field(
+        default_factory=list, description="Datasets evaluated when the cluster is held out but never trained on."
+    )
+    also_remove: list[str] = Field(
+        default_factory=list, description="Other clusters removed from training when this one is held out."
+    )
+
+
+class Taxonomy(BaseModel):
+    """The task clusters of the collection."""
+
+    model_config = _STRICT
+    clusters: dict[str, Cluster] = Field(min_length=1, description="Cluster id -> cluster.")
+
+    def removed_with(self, held_out: str) -> list[str]:
+        """The held-out cluster plus every cluster removed with it, in taxonomy order."""
+        removed = {held_out, *self.clusters[held_out].also_remove}
+        return [c for c in self.clusters if c in removed]
+
+    def cluster_of(self, dataset: str) -> str:
+        for name, cluster in self.clusters.items():
+            if dataset in cluster.datasets or dataset in cluster.eval_only:
+                return name
+        raise KeyError(dataset)
+
+
+# --------------------------------------------------------------------------- pipeline
+class SamplesSource(BaseModel):
+    """Read the example files bundled under templates/samples/ (offline)."""
+
+    model_config = _STRICT
+    kind: Literal["samples"] = Field(description="Bundled hand-written samples.")
+    dir: str | None = Field(default=None, description="Samples directory; None means the bundled templates/samples.")
+
+
+class TfdsDataSource(BaseModel):
+    """Read prepared TFDS datasets (array_record file format) from a data directory."""
+
+    model_config = _STRICT
+    kind: Literal["tfds"] = Field(description="TensorFlow Datasets prepared on disk.")
+    data_dir: str = Field(min_length=1, description="TFDS data_dir holding <builder>/<config>/<version>/.")
+
+
+class Lengths(BaseModel):
+    """Token lengths of the packed rows."""
+
+    model_config = _STRICT
+    inputs: int = Field(gt=0, description="Input length (paper: 1024).")
+    targets: int = Field(gt=0, description="Target length (paper: 256).")
+
+
+class Packing(BaseModel):
+    """How tokenized examples are combined into rows."""
+
+    model_config = _STRICT
+    enabled: bool = Field(description="Pack several examples per row (paper: yes).")
+    algorithm: Literal["best_fit_decreasing", "next_fit"] = Field(description="Bin-packing algorithm.")
+    window: int = Field(gt=0, description="Examples per packing window; memory is bounded by it.")
+
+
+class Mixing(BaseModel):
+    """Examples-proportional mixing (Raffel et al. 2020) with a maximum rate."""
+
+    model_config = _STRICT
+    cap: int = Field(gt=0, description="At most this many train examples per dataset (paper: 30,000).")
+    maximum_rate: int = Field(gt=0, description="A dataset's weight is min(examples, maximum_rate) (paper: 3,000).")
+    tolerance: float = Field(gt=0, lt=1, description="Allowed |realized - planned| share per dataset (verify/audit).")
+
+
+class ExamplesSize(BaseModel):
+    model_config = _STRICT
+    examples: int = Field(gt=0, description="Number of training examples in each mixture.")
+
+
+class StepsSize(BaseModel):
+    model_config = _STRICT
+    steps: int = Field(gt=0, description="Training steps (paper: 30,000).")
+    batch_tokens: int = Field(gt=0, description="Tokens per batch (paper: 8,192).")
+
+
+MixtureSize = Annotated[
+    Annotated[ExamplesSize, Tag("examples")] | Annotated[StepsSize, Tag("steps")],
+    Discriminator(lambda v: ("examples" if "examples" in v else "steps") if isinstance(v, dict) else (
+        "examples" if isinstance(v, ExamplesSize) else "steps")),
+]
+
+
+class OptionsFormat(BaseModel):
+    """How the OPTIONS suffix is written after a classification input."""
+
+    model_config = _STRICT
+    header: str = Field(description="Text after the input, before the first option (default '\\n\\nOPTIONS:').")
+    item: str = Field(description="Format of each option; '{option}' is replaced (default '\\n- {option}').")
+
+
+class FewShot(BaseModel):
+    """Few-shot formatting (paper Section 4.4)."""
+
+    model_config = _STRICT
+    max_exemplars: int = Field(gt=0, description="At most this many exemplars (paper: 16).")
+    max_tokens: int = Field(gt=0, description="Exemplars + query input fit in this many tokens (paper: 960).")
+    input_target_separator: str = Field(description="Between an exemplar's input and its target.")
+    exemplar_separator: str = Field(description="Between consecutive exemplars and before the query.")
+
+
+class Output(BaseModel):
+    """Shard layout of the compiled output."""
+
+    model_config = _STRICT
+    shards: int = Field(gt=0, description="Train shards per split.")
+
+
+class PipelineSpec(BaseModel):
+    """What to build: which held-out mixtures, from which source, with which settings."""
+
+    model_config = _STRICT
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", description="Pipeline name, recorded in the manifest.")
+    description: str = Field(default="", description="Free text shown by 'flanpipe plan'.")
+    seed: int = Field(description="Seed of every random choice (stable hashing).")
+    source: SamplesSource | TfdsDataSource = Field(discriminator="kind")
+    tokenizer: str = Field(description="Path of a SentencePiece .model, relative to the pipeline file or absolute.")
+    layout: Literal["decoder_only", "encoder_decoder"]
+    lengths: Lengths
+    truncate: Literal["right", "left"] = Field(description="Which end of an over-long input is cut.")
+    packing: Packing
+    mixing: Mixing
+    mixture_size: MixtureSize
+    held_out: list[str] = Field(description="Clusters to hold out: one mixture each.")
+    include_all: bool = Field(description="Also build 'all': every cluster trained, nothing held out.")
+    datasets: list[str] | None = Field(
+        default=None, description="Restrict to these datasets (None: the whole taxonomy); clusters must still exist."
+    )
+    clusters: list[str] | None = Field(
+        default=None, description="Train only on these clusters (None: all not held out); for the cluster ablation."
+    )
+    instructions: Literal["natural", "dataset_name", "none"] = Field(
+        description="natural: FLAN templates; dataset_name: '[Cluster: Title] raw input'; none: raw input only."
+    )
+    eval_instructions: Literal["natural", "dataset_name", "none"] = Field(
+        description="Instruction mode of the eval sets (the paper evaluates 'none' with natural templates)."
+    )
+    template_choice: Literal["hash", "round_robin"] = Field(description="How each example's template is chosen.")
+    options_format: OptionsFormat
+    fewshot: FewShot | None = Field(default=None, description="Few-shot variant; None builds zero-shot data.")
+    output: Output
+
+
+# --------------------------------------------------------------------------- loading
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_located(model: type[M], located: Located, prefix: Loc = ()) -> M:
+    """Validate ``located.data`` as ``model``; the first error becomes a SpecError with file:line."""
+    try:
+        return model.model_validate(located.data)
+    except ValidationError as e:
+        raise spec_error_from(e, located, prefix) from None
+
+
+def spec_error_from(error: ValidationError, located: Located, prefix: Loc = ()) -> SpecError:
+    """Turn a pydantic error into one SpecError naming the file, the line and the field path."""
+    err = error.errors()[0]
+    # Keep only location parts present in the data: pydantic inserts union/discriminator
+    # tags (e.g. 'expr' in fields.x.expr.expr) that are not keys of the YAML.
+    clean: list[str | int] = []
+    data: Any = located.data
+    for part in err["loc"]:
+        if isinstance(data, dict) and part in data:
+            clean.append(part)
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            clean.append(part)
+            data = data[part]
+        elif err["type"] in ("extra_forbidden", "missing"):
+            clean.append(part)
+            break
+    full = prefix + tuple(clean)
+    path, line = located.where(full)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _model_fields_at(error, clean)
+        msg = f"unknown key{did_you_mean(str(clean[-1]), known)}"
+    elif kind == "missing":
+        msg = "required field is missing"
+    else:
+        msg = err["msg"].removeprefix("Value error, ")
+        if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], (dict, list)):
+            msg += f", got {err['input']!r}"
+    return SpecError(path, line, dotted(full), msg)
+
+
+def _model_fields_at(error: ValidationError, loc: list[str | int]) -> list[str]:
+    """Names a model accepts next to an unknown key (for did-you-mean)."""
+    title = error.title
+    model = _MODELS.get(title)
+    if model is None:
+        return []
+    current: Any = model
+    for part in loc[:-1]:
+        current = _field_model(current, part)
+        if current is None:
+            return []
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _field_model(model: Any, part: str | int) -> Any:
+    if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return _inner(model)
+    info = model.model_fields.get(part)
+    return _inner(info.annotation) if info else None
+
+
+def _inner(annotation: Any) -> Any:
+    """Unwrap list[X] / dict[str, X] / X | None / Annotated to the single model X, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    models = [m for m in (_inner(a) for a in args) if m is not None]
+    if len(models) == 1:
+        return models[0]
+    if models:
+        merged = type("Union", (), {"model_fields": {k: None for m in models for k in m.model_fields}})
+        return merged
+    return None
+
+
+_MODELS: dict[str, type[BaseModel]] = {m.__name__: m for m in (DatasetSpec, Taxonomy, PipelineSpec)}
+
+
+def load_dataset_file(path: str | Path) -> tuple[DatasetSpec, Located]:
+    """Load and validate one dataset YAML file (schema only; templates are checked in templates.py)."""
+    located = load_yaml(path)
+    spec = validate_located(DatasetSpec, located)
+    if spec.name != Path(path).stem:
+        file, line = located.where(("name",))
+        raise SpecError(file, line, "name", f"must equal the file name {Path(path).stem!r}, got {spec.name!r}")
+    return spec, located
+
+
+def load_taxonomy(path: str | Path) -> tuple[Taxonomy, Located]:
+    """Load and validate the taxonomy file (cross-references are checked by the collection)."""
+    located = load_yaml(path)
+    return validate_located(Taxonomy, located), located
+
+
+def write_schemas(out: str | Path) -> list[Path]:
+    """Write <kind>.schema.json for each YAML kind into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind, schema in json_schemas().items():
+        path = out / f"{kind}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schemas of the three YAML kinds, for editor completion."""
+    return {
+        "dataset": DatasetSpec.model_json_schema(),
+        "taxonomy": Taxonomy.model_json_schema(),
+        "pipeline": PipelineSpec.model_json_schema(),
+    }
+
+
+def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Located]:
+    """Load a pipeline file, resolving ``extends:`` chains (child keys override parent keys, deeply)."""
+    merged = _resolve_extends(Path(path), ())
+    return validate_located(PipelineSpec, merged), merged
+
+
+def _resolve_extends(path: Path, chain: tuple[Path, ...]) -> Located:
+    located = load_yaml(path)
+    if not isinstance(located.data, dict):
+        raise SpecError(path, 1, None, "a pipeline file must be a mapping")
+    parent_name = located.data.pop("extends", None)
+    if parent_name is None:
+        return located
+    file, line = located.where(("extends",))
+    if not isinstance(parent_name, str):
+        raise SpecError(file, line, "extends", f"must be a file path, got {parent_name!r}")
+    parent_path = (path.parent / parent_name).resolve()
+    if parent_path in chain or parent_path == path.resolve():
+        raise SpecError(file, line, "extends", f"circular extends through {parent_name}")
+    if not parent_path.exists():
+        raise SpecError(file, line, "extends", f"no such pipeline file {parent_name!r} (looked at {parent_path})")
+    parent = _resolve_extends(parent_path, chain + (path.resolve(),))
+    lines = dict(parent.lines)
+    lines.update({k: v for k, v in located.lines.items() if k != ("extends",)})
+    text_lines = {**parent.text_lines, **located.text_lines}
+    return Located(_deep_merge(parent.data, located.data), path, lines, text_lines)
+
+
+# Top-level keys whose value is one of several variants: a child replaces them whole.
+_REPLACED_WHOLE = frozenset({"source", "mixture_size", "fewshot"})
+
+
+def _deep_merge(base: Any, override: Any, top: bool = True) -> Any:
+    """Mappings merge key by key; anything else (lists included) is replaced by the override."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            whole = top and key in _REPLACED_WHOLE
+            out[key] = _deep_merge(base[key], value, top=False) if key in base and not whole else value
+        return out
+    return override

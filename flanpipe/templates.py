@@ -1,0 +1,242 @@
+"""Sandboxed template rendering: source features -> fields -> (input, target, options) in one of three modes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import numpy as np
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from flanpipe.errors import TemplateError, did_you_mean
+from flanpipe.spec import DatasetSpec, ExprField, ExprOptions, FeatureField, OptionsFormat
+from flanpipe.yamlio import Located
+
+Mode = Literal["natural", "dataset_name", "none"]
+DEFAULT_OPTIONS_FORMAT = OptionsFormat(header="\n\nOPTIONS:", item="\n- {option}")
+# Globals Jinja adds by default that a data template never needs; removing them shrinks
+# the sandbox's surface (they are plain Python objects with attributes to probe).
+_DROPPED_GLOBALS = ("cycler", "joiner", "namespace", "lipsum", "dict")
+
+
+def _regex_replace(value: str, pattern: str, replacement: str = "") -> str:
+    return re.sub(pattern, replacement, value)
+
+
+def _enumerate_lines(items: Sequence[Any], start: int = 1) -> str:
+    """["a", "b"] -> "1. a\\n2. b"."""
+    return "\n".join(f"{i}. {item}" for i, item in enumerate(items, start))
+
+
+def make_env() -> SandboxedEnvironment:
+    """The one Jinja2 environment every template and expression runs in."""
+    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    for name in _DROPPED_GLOBALS:
+        env.globals.pop(name, None)
+    env.filters["regex_replace"] = _regex_replace
+    env.filters["enumerate_lines"] = _enumerate_lines
+    return env
+
+
+_ENV = make_env()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One rendered example."""
+
+    inputs: str
+    targets: str
+    options: tuple[str, ...]  # empty for generation, and for turned templates
+    template: int  # template index, or -1 in the template-free modes
+    turned: bool
+
+
+class CompiledDataset:
+    """A dataset's expressions and templates, compiled once and checked against its declared fields."""
+
+    def __init__(self, spec: DatasetSpec, located: Located | None = None, *, cluster_title: str = ""):
+        self.spec = spec
+        self.cluster_title = cluster_title
+        self._located = located
+        self._path: Path | str = located.path if located is not None else f"<{spec.name}>"
+        known: list[str] = []
+        self.fields: list[tuple[str, list[str] | None, Any]] = []
+        for name, field in spec.fields.items():
+            if isinstance(field, FeatureField):
+                self.fields.append((name, field.feature.split("/"), None))
+            else:
+                self.fields.append((name, None, self._expression(field.expr, known, ("fields", name, "expr"))))
+            known.append(name)
+        self.filter = self._expression(spec.filter, known, ("filter",)) if spec.filter else None
+        self.options_expr = None
+        if isinstance(spec.options, ExprOptions):
+            self.options_expr = self._expression(spec.options.expr, known, ("options", "expr"))
+        self.answer_expr = self._expression(spec.answer, known, ("answer",)) if spec.answer else None
+        for i, name in enumerate(spec.raw.inputs + [spec.raw.target]):
+            if name not in spec.variables():
+                loc = ("raw", "inputs", i) if i < len(spec.raw.inputs) else ("raw", "target")
+                self._fail(loc, f"unknown field {name!r}{did_you_mean(name, spec.variables())}")
+        self.templates = [
+            (self._template(t.input, ("templates", i, "input")), self._template(t.target, ("templates", i, "target")))
+            for i, t in enumerate(spec.templates)
+        ]
+        self._check_template_set()
+
+    # ----------------------------------------------------------------- static checks
+    def _fail(self, loc: tuple[str | int, ...], message: str, inner_line: int | None = None) -> None:
+        line = None
+        if self._located is not None:
+            _, line = self._located.where(loc)
+            if inner_line is not None and loc in self._located.text_lines:
+                line = self._located.text_lines[loc] + inner_line - 1
+        field = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
+        raise TemplateError(self._path, line, field, message)
+
+    def _parse(self, source: str, known: Sequence[str], loc: tuple[str | int, ...]) -> None:
+        try:
+            ast = _ENV.parse(source)
+        except jinja2.TemplateSyntaxError as e:
+            self._fail(loc, f"Jinja2 syntax error on template line {e.lineno}: {e.message}", e.lineno)
+        for var in sorted(meta.find_undeclared_variables(ast)):
+            if var not in known:
+                self._fail(loc, f"uses undeclared variable {var!r}{did_you_mean(var, known)}; "
+                                f"declared: {', '.join(known) or '(none)'}")
+
+    def _expression(self, source: str, known: Sequence[str], loc: tuple[str | int, ...]) -> Any:
+        self._parse("{{ (" + source + ") }}", known, loc)
+        return _ENV.compile_expression(source, undefined_to_none=False)
+
+    def _template(self, source: str, loc: tuple[str | int, ...]) -> jinja2.Template:
+        self._parse(source, self.spec.variables(), loc)
+        return _ENV.from_string(source)
+
+    def _check_template_set(self) -> None:
+        templates = self.spec.templates
+        if len(templates) != 10:
+            self._fail(("templates",), f"expected exactly 10 templates, found {len(templates)}")
+        turned = [i for i, t in enumerate(templates) if t.turned]
+        if len(turned) > 3:
+            self._fail(("templates", turned[3], "turned"), f"at most 3 templates may be turned, found {len(turned)}")
+        seen: dict[tuple[str, str], int] = {}
+        for i, t in enumerate(templates):
+            key = (" ".join(t.input.split()), " ".join(t.target.split()))
+            if key in seen:
+                self._fail(("templates", i), f"identical to templates[{seen[key]}]")
+            seen[key] = i
+
+    # ----------------------------------------------------------------- per example
+    def fields_of(self, features: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Compute the template variables of one source example; None when the filter drops it.
+
+        Raises:
+          TemplateError: a feature is missing, an expression fails, or the answer index is out of range.
+        """
+        values: dict[str, Any] = {}
+        for name, path, expr in self.fields:
+            if path is not None:
+                values[name] = _lookup(features, path, self, name)
+            else:
+                values[name] = self._evaluate(expr, values, ("fields", name, "expr"))
+        if self.filter is not None and not self._evaluate(self.filter, values, ("filter",)):
+            return None
+        if self.spec.kind == "classification":
+            options = (self._evaluate(self.options_expr, values, ("options", "expr"))
+                       if self.options_expr is not None else self.spec.options.fixed)  # type: ignore[union-attr]
+            options = [str(o) for o in options]
+            index = self._evaluate(self.answer_expr, values, ("answer",))
+            if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or not 0 <= index < len(options):
+                raise TemplateError(self._path, None, "answer",
+                                    f"evaluated to {index!r}, expected an option index in 0..{len(options) - 1}")
+            values["options"] = options
+            values["answer"] = options[int(index)]
+        return values
+
+    def _evaluate(self, expr: Any, values: Mapping[str, Any], loc: tuple[str | int, ...]) -> Any:
+        try:
+            return expr(**values)
+        except jinja2.exceptions.SecurityError as e:
+            raise TemplateError(self._path, None, ".".join(map(str, loc)), f"refused by the sandbox: {e}") from None
+        except Exception as e:  # user expressions may fail in any way; name where
+            raise TemplateError(self._path, None, ".".join(map(str, loc)), f"{type(e).__name__}: {e}") from None
+
+    def render(
+        self,
+        values: Mapping[str, Any],
+        template: int,
+        *,
+        mode: Mode = "natural",
+        options_format: OptionsFormat = DEFAULT_OPTIONS_FORMAT,
+    ) -> Rendered:
+        """Render one example's fields with template ``template`` (ignored outside 'natural' mode)."""
+        options: tuple[str, ...] = tuple(values["options"]) if self.spec.kind == "classification" else ()
+        if mode == "natural":
+            spec_t = self.spec.templates[template]
+            source_in, source_out = self.templates[template]
+            inputs = self._run(source_in, values, ("templates", template, "input"))
+            targets = self._run(source_out, values, ("templates", template, "target"))
+            if spec_t.turned:
+                return Rendered(inputs, targets, (), template, True)
+        else:
+            raw = "\n".join(_text(values[name]) for name in self.spec.raw.inputs)
+            prefix = f"[{self.cluster_title}: {self.spec.title}] " if mode == "dataset_name" else ""
+            inputs, targets, template = prefix + raw, _text(values[self.spec.raw.target]), -1
+        if options:
+            inputs += options_suffix(options, options_format)
+        return Rendered(inputs, targets, options, template, False)
+
+    def _run(self, template: jinja2.Template, values: Mapping[str, Any], loc: tuple[str | int, ...]) -> str:
+        try:
+            return template.render(**values).strip()
+        except jinja2.exceptions.SecurityError as e:
+            raise TemplateError(self._path, None, _dotted(loc), f"refused by the sandbox: {e}") from None
+        except jinja2.UndefinedError as e:
+            raise TemplateError(self._path, None, _dotted(loc), f"undefined value: {e.message}") from None
+
+
+def options_suffix(options: Sequence[str], fmt: OptionsFormat = DEFAULT_OPTIONS_FORMAT) -> str:
+    """The OPTIONS suffix appended to a classification input."""
+    return fmt.header + "".join(fmt.item.replace("{option}", o) for o in options)
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(_text(v) for v in value)
+    return str(value)
+
+
+def _lookup(features: Mapping[str, Any], path: list[str], owner: CompiledDataset, field: str) -> Any:
+    node: Any = features
+    for i, part in enumerate(path):
+        if not isinstance(node, Mapping) or part not in node:
+            have = sorted(node) if isinstance(node, Mapping) else []
+            where = "/".join(path[:i]) or "the example"
+            raise TemplateError(owner._path, None, f"fields.{field}",
+                                f"feature {'/'.join(path)!r} not found: {where} has no {part!r}"
+                                f"{did_you_mean(part, have)}; available: {', '.join(have) or '(none)'}")
+        node = node[part]
+    return to_python(node)
+
+
+def to_python(value: Any) -> Any:
+    """TFDS values -> plain Python: bytes decoded as UTF-8, numpy arrays/scalars to lists/numbers."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [to_python(v) for v in value.tolist()] if value.dtype != object else [to_python(v) for v in value]
+    if isinstance(value, np.generic):
+        return to_python(value.item())
+    if isinstance(value, Mapping):
+        return {k: to_python(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_python(v) for v in value]
+    return value
