@@ -12,10 +12,12 @@ from rich.table import Table
 
 from flanpipe import preview, validate as validation
 from flanpipe.errors import CompileError
+from flanpipe.compiler import DEFAULT_CACHE, CompileOptions, run_compile
 from flanpipe.plan import load_plan
-from flanpipe.report import plan_table, rates_table
+from flanpipe.report import compile_table, plan_table, rates_table
+from flanpipe.verify import verify_output
 from flanpipe.spec import write_schemas
-from flanpipe.tokenizer import file_sha256
+from flanpipe.writers import sha256_file
 from flanpipe.vocab import train_from_collection
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compile FLAN-style instruction-tuning data.")
@@ -112,7 +114,49 @@ def tokenizer_train(
         path, n = train_from_collection(out, vocab_size=vocab_size, pipeline=pipeline)
     except CompileError as e:
         _fail(e)
-    console.print(f"wrote {path} (vocab {vocab_size}, {n} texts, sha256 {file_sha256(path)})")
+    console.print(f"wrote {path} (vocab {vocab_size}, {n} texts, sha256 {sha256_file(path)})")
+
+
+@app.command("compile")
+def compile_(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    runner: Annotated[str, typer.Option("--runner", help="direct, dask, dataflow, flink or spark.")] = "direct",
+    workers: Annotated[int, typer.Option("--workers", help="Local worker processes (direct runner).")] = 1,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="Direct runner mode: in_memory or "
+                                                "multi_processing (default: by --workers).")] = None,
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="Only these splits.")] = None,
+    cache_dir: Annotated[Path, typer.Option("--cache-dir", envvar="FLANPIPE_CACHE",
+                                            help="Rendered+tokenized dataset cache.")] = DEFAULT_CACHE,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace another pipeline's output.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
+    beam_arg: Annotated[Optional[list[str]], typer.Option("--beam-arg", help="Extra Beam pipeline option, "
+                                                          "repeatable, e.g. --beam-arg=--project=p.")] = None,
+) -> None:
+    """Compile a pipeline into packed ArrayRecord + Parquet mixtures, one per held-out split."""
+    options = CompileOptions(out=out, runner=runner, workers=workers, mode=mode, splits=tuple(split or ()),
+                             cache_dir=cache_dir, overwrite=overwrite, beam_args=tuple(beam_arg or ()))
+    say = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
+    try:
+        manifest = run_compile(pipeline, options, progress=say)
+    except CompileError as e:
+        _fail(e)
+    if json_out:
+        console.print_json(data=manifest["summary"])
+    elif not quiet:
+        console.print(compile_table(manifest))
+
+
+@app.command()
+def verify(out: Annotated[Path, typer.Argument(help="A compiled output directory.")]) -> None:
+    """Re-check every checksum and the leakage rule of a compiled output; exit 1 on any problem."""
+    problems = verify_output(out)
+    for p in problems:
+        err_console.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {out}: every checksum matches, no leakage")
 
 
 def run() -> None:

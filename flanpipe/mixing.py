@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from flanpipe.hashing import stable_hash
+
+
 
 def mixing_rates(counts: Mapping[str, int], maximum_rate: int) -> dict[str, float]:
     """Examples-proportional rates (Raffel et al. 2020): weight = min(count, maximum_rate), normalised.
@@ -33,3 +36,15 @@ def allocate(rates: Mapping[str, float], total: int) -> dict[str, int]:
     for name in by_remainder[:short]:
         out[name] += 1
     return out
+
+
+def select(n_examples: int, count: int, *, seed: int, dataset: str, keys: list[str]) -> list[tuple[int, int]]:
+    """Which (example row, variant) pairs make up a dataset's ``count`` examples in a mixture.
+
+    Examples are visited in a seeded order; once all are used the next pass takes variant 1
+    (the next template), and so on, so a repeated example is rendered differently.
+    """
+    if n_examples == 0:
+        return []
+    order = sorted(range(n_examples), key=lambda i: (stable_hash(seed, "mix-order", dataset, keys[i]), i))
+    return [(order[j % n_examples], j // n_examples) for j in range(count)]

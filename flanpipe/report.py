@@ -55,3 +55,15 @@ def summary_table(title: str, rows: list[Mapping[str, Any]]) -> Table:
         table.add_row(*(f"{v:,}" if isinstance(v, int) else (f"{v:.4f}" if isinstance(v, float) else str(v))
                         for v in row.values()))
     return table
+
+
+def compile_table(manifest: Mapping[str, Any]) -> Table:
+    """One row per compiled split: examples, rows, tokens, packing efficiency, truncations."""
+    table = Table(title=f"compiled {manifest['pipeline']['name']} ({manifest['pipeline']['hash'][:12]})")
+    for col in ("split", "examples", "packed rows", "tokens", "packing efficiency", "inputs truncated",
+                "targets truncated"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for name, s in manifest["summary"].items():
+        table.add_row(name, f"{s['examples']:,}", f"{s['rows']:,}", f"{s['tokens']:,}",
+                      f"{s['packing_efficiency']:.2%}", f"{s['input_truncated']:,}", f"{s['target_truncated']:,}")
+    return table

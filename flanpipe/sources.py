@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,3 +84,15 @@ def read_examples(spec: DatasetSpec, split: str, source: SamplesSource | TfdsDat
             yield example_key(spec, split, index, features), features
     else:
         yield from read_samples(spec, split, samples_dir_of(source))
+
+
+def source_fingerprint(spec: DatasetSpec, source: SamplesSource | TfdsDataSource) -> str:
+    """A hash that changes whenever the dataset's source examples may have changed."""
+    h = hashlib.sha256()
+    if isinstance(source, TfdsDataSource):
+        h.update(tfds_source.fingerprint(spec, source.data_dir).encode())
+        return h.hexdigest()
+    for split in sorted(spec.source.splits):
+        path = samples_dir_of(source) / spec.name / f"{split}.jsonl"
+        h.update(split.encode() + b"\0" + (path.read_bytes() if path.exists() else b"<missing>") + b"\0")
+    return h.hexdigest()

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import jinja2
 import numpy as np
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from flanpipe.errors import TemplateError, did_you_mean
@@ -105,8 +105,9 @@ class CompiledDataset:
             self._fail(loc, f"Jinja2 syntax error on template line {e.lineno}: {e.message}", e.lineno)
         for var in sorted(meta.find_undeclared_variables(ast)):
             if var not in known:
+                inner = next((n.lineno for n in ast.find_all(nodes.Name) if n.name == var), None)
                 self._fail(loc, f"uses undeclared variable {var!r}{did_you_mean(var, known)}; "
-                                f"declared: {', '.join(known) or '(none)'}")
+                                f"declared: {', '.join(known) or '(none)'}", inner)
 
     def _expression(self, source: str, known: Sequence[str], loc: tuple[str | int, ...]) -> Any:
         self._parse("{{ (" + source + ") }}", known, loc)

@@ -18,3 +18,8 @@ def read_split(spec: DatasetSpec, split: str, data_dir: str) -> Iterator[tuple[i
     """Yield (index within the sliced split, decoded features) in stored order."""
     raise SourceError(f"{spec.name}: reading TFDS data is not implemented yet (data_dir={data_dir})")
     yield  # pragma: no cover
+
+
+def fingerprint(spec: DatasetSpec, data_dir: str) -> str:
+    """Identity of the prepared data: builder, version, slices and the dataset_info.json content."""
+    raise SourceError(f"{spec.name}: reading TFDS data is not implemented yet (data_dir={data_dir})")

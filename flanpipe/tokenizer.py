@@ -15,14 +15,6 @@ from flanpipe.schema import EOS_ID, PAD_ID
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "flanpipe_sp8k.model"
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Tokenizer:
     """A SentencePiece model plus its fingerprint. Pickles as its bytes, so Beam workers need no file."""
 
@@ -86,7 +78,7 @@ def train_tokenizer(texts: Iterable[str], out: str | Path, *, vocab_size: int = 
         sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
         pad_id=PAD_ID, eos_id=EOS_ID, unk_id=2, bos_id=-1, character_coverage=0.9999,
         input_sentence_size=max_sentences, shuffle_input_sentence=False, num_threads=1,
-        byte_fallback=True, minloglevel=2, train_extremely_large_corpus=False, max_sentence_length=16384,
+        byte_fallback=True, minloglevel=2, hard_vocab_limit=False, train_extremely_large_corpus=False, max_sentence_length=16384,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -1,0 +1,126 @@
+"""Content-addressed cache of rendered + tokenized datasets, shared by every held-out split and compile."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flanpipe import __version__
+from flanpipe.prepare import RenderSettings, fields_kept, keep_capped, render_eval, render_train, variants_available
+from flanpipe.sources import read_examples
+from flanpipe.spec import DatasetSpec, SamplesSource, TfdsDataSource
+from flanpipe.templates import CompiledDataset
+from flanpipe.tokenizer import Tokenizer
+
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DatasetJob:
+    """Everything needed to prepare one dataset on a worker (picklable; no file re-parsing needed)."""
+
+    spec: DatasetSpec
+    cluster_title: str
+    spec_sha256: str  # of the dataset file's bytes
+    source: SamplesSource | TfdsDataSource
+    source_fingerprint: str
+    settings: RenderSettings
+    tokenizer: Tokenizer = field(repr=False)
+    cache_dir: str
+    eval_splits: tuple[str, ...]  # validation/test when the dataset is evaluated somewhere
+
+    @property
+    def key(self) -> str:
+        """Hash of everything that changes this dataset's rendered and tokenized data."""
+        blob = json.dumps({
+            "format": CACHE_FORMAT, "flanpipe": __version__, "dataset": self.spec.name, "spec": self.spec_sha256,
+            "cluster_title": self.cluster_title, "source": self.source_fingerprint,
+            "tokenizer": self.tokenizer.sha256, "settings": self.settings.as_dict(),
+        }, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.cache_dir) / self.spec.name / self.key
+
+
+def _atomic_parquet(path: Path, table: pa.Table) -> None:
+    # Unique temp names: two workers may prepare the same entry at once; both write the
+    # same bytes and the last rename wins, so a race is harmless.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, sort_keys=True, indent=1))
+    os.replace(tmp, path)
+
+
+def _kept_train(job: DatasetJob, compiled: CompiledDataset) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, int]]:
+    examples = list(read_examples(job.spec, "train", job.source))
+    kept, dropped = fields_kept(compiled, examples)
+    capped = [kept[i] for i in keep_capped([k for k, _ in kept], job.settings, job.spec.name)]
+    return capped, {"read": len(examples), "filtered": dropped, "capped": len(kept) - len(capped),
+                    "kept": len(capped)}
+
+
+def prepare(job: DatasetJob) -> dict[str, Any]:
+    """Make sure the dataset's meta, train variant 0 and eval tables are cached; return its meta.
+
+    Returns:
+      meta: counts, kept example keys, mean token length of variant 0, and whether it was a cache hit.
+    """
+    meta_path = job.dir / "meta.json"
+    if meta_path.exists():
+        return {**json.loads(meta_path.read_text()), "cache": "hit"}
+    compiled = CompiledDataset(job.spec, cluster_title=job.cluster_title)
+    meta: dict[str, Any] = {"dataset": job.spec.name, "key": job.key}
+    if "train" in job.spec.source.splits:
+        train, counts = _kept_train(job, compiled)
+        table = render_train(compiled, train, 0, job.settings, job.tokenizer)
+        _atomic_parquet(job.dir / "train-v0.parquet", table)
+        lengths = [len(a) + len(b) + 2 for a, b in zip(table.column("input_ids").to_pylist(),
+                                                      table.column("target_ids").to_pylist())]
+        meta.update(counts=counts, keys=[k for k, _ in train],
+                    mean_tokens=(sum(lengths) / len(lengths)) if lengths else 0.0)
+    else:
+        meta.update(counts={"read": 0, "filtered": 0, "capped": 0, "kept": 0}, keys=[], mean_tokens=0.0)
+    for split in job.eval_splits:
+        if split in job.spec.source.splits:
+            kept, _ = fields_kept(compiled, list(read_examples(job.spec, split, job.source)))
+            _atomic_parquet(job.dir / f"eval-{split}.parquet", render_eval(compiled, split, kept, job.settings))
+    _atomic_json(meta_path, meta)  # last: its presence means the entry is complete
+    return {**meta, "cache": "miss"}
+
+
+def train_variant(job: DatasetJob, variant: int) -> pa.Table:
+    """The cached table of one train variant, rendering it first when missing.
+
+    Variants beyond the templates available repeat (variant mod 10, or 0 without templates).
+    """
+    variant %= variants_available(job.settings)
+    path = job.dir / f"train-v{variant}.parquet"
+    if not path.exists():
+        compiled = CompiledDataset(job.spec, cluster_title=job.cluster_title)
+        train, _ = _kept_train(job, compiled)
+        _atomic_parquet(path, render_train(compiled, train, variant, job.settings, job.tokenizer))
+    return pq.read_table(path)
+
+
+def eval_table(job: DatasetJob) -> pa.Table:
+    """Validation then test eval rows of the dataset."""
+    tables = [pq.read_table(job.dir / f"eval-{s}.parquet") for s in ("validation", "test")
+              if (job.dir / f"eval-{s}.parquet").exists()]
+    return pa.concat_tables(tables)

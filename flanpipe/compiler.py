@@ -1,0 +1,225 @@
+"""`flanpipe compile`: check inputs, run the Beam job, then write manifests (last) after the leakage check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.metadata import PackageNotFoundError, version
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from flanpipe import __version__
+from flanpipe.beam.job import build
+from flanpipe.beam.runner import make_pipeline
+from flanpipe.cache import DatasetJob
+from flanpipe.collection import TEMPLATES_DIR
+from flanpipe.errors import OutputError
+from flanpipe.plan import Plan, load_plan
+from flanpipe.prepare import RenderSettings
+from flanpipe.schema import RecordLayout
+from flanpipe.shards import STATS_DIR, JobContext, SplitJob
+from flanpipe.sources import source_fingerprint
+from flanpipe.spec import ExamplesSize
+from flanpipe.tokenizer import Tokenizer
+from flanpipe.writers import checksums, sha256_file, write_json
+
+FORMAT = "flanpipe/1"
+IN_PROGRESS = ".in_progress.json"
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.model"
+DEFAULT_CACHE = Path.home() / ".cache" / "flanpipe"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    out: Path
+    runner: str = "direct"
+    workers: int = 1
+    mode: str | None = None
+    splits: tuple[str, ...] = ()
+    cache_dir: Path = DEFAULT_CACHE
+    overwrite: bool = False
+    templates: Path = TEMPLATES_DIR
+    beam_args: tuple[str, ...] = ()
+
+
+def tokenizer_path(plan: Plan) -> Path:
+    path = Path(plan.pipeline.tokenizer)
+    return path if path.is_absolute() else (plan.pipeline_path.parent / path).resolve()
+
+
+def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: Path) -> dict[str, DatasetJob]:
+    """One picklable preparation job per dataset the plan trains on or evaluates."""
+    settings = RenderSettings.of(plan.pipeline)
+    evaluated = {d for s in plan.splits for d in s.eval}
+    jobs = {}
+    for name in plan.datasets:
+        spec = plan.collection.datasets[name]
+        jobs[name] = DatasetJob(
+            spec=spec, cluster_title=plan.collection.cluster_title(name),
+            spec_sha256=sha256_file(plan.collection.paths[name]), source=plan.pipeline.source,
+            source_fingerprint=source_fingerprint(spec, plan.pipeline.source), settings=settings,
+            tokenizer=tokenizer, cache_dir=str(cache_dir),
+            eval_splits=("validation", "test") if name in evaluated else ())
+    return jobs
+
+
+def pipeline_hash(plan: Plan, tokenizer: Tokenizer, jobs: dict[str, DatasetJob]) -> str:
+    """Hash of the resolved pipeline, the tokenizer and every dataset's content key."""
+    blob = json.dumps({"pipeline": plan.pipeline.model_dump(mode="json"), "tokenizer": tokenizer.sha256,
+                       "datasets": {n: j.key for n, j in sorted(jobs.items())},
+                       "splits": [s.name for s in plan.splits]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _check_out_dir(out: Path, name: str, overwrite: bool) -> None:
+    for marker in (MANIFEST, IN_PROGRESS):
+        path = out / marker
+        if path.exists():
+            try:
+                owner = json.loads(path.read_text()).get("pipeline", {}).get("name")
+            except (json.JSONDecodeError, AttributeError):
+                owner = "<unreadable>"
+            if owner != name and not overwrite:
+                raise OutputError(f"{out}: holds the output of pipeline {owner!r}, not {name!r}; "
+                                  f"choose another --out or pass --overwrite")
+    if out.exists() and not (out / MANIFEST).exists() and not (out / IN_PROGRESS).exists() and any(out.iterdir()) \
+            and not overwrite:
+        raise OutputError(f"{out}: exists and is not a flanpipe output directory; choose another --out or "
+                          f"pass --overwrite")
+
+
+def run_compile(pipeline: str | Path, options: CompileOptions,
+                progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Compile a pipeline into ``options.out``; returns the top-level manifest.
+
+    Raises:
+      CompileError: bad pipeline, tokenizer, source or output directory (before the job starts),
+        or a leakage violation found in the written output (then no manifest is written).
+    """
+    plan = load_plan(pipeline, templates=options.templates, only=list(options.splits) or None)
+    tok_path = tokenizer_path(plan)
+    tokenizer = Tokenizer.from_file(tok_path)
+    out = options.out.resolve()
+    _check_out_dir(out, plan.pipeline.name, options.overwrite)
+    jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
+    digest = pipeline_hash(plan, tokenizer, jobs)
+    resolved = {"name": plan.pipeline.name, "hash": digest, "resolved": plan.pipeline.model_dump(mode="json"),
+                "file": str(plan.pipeline_path)}
+    if (out / MANIFEST).exists():
+        (out / MANIFEST).unlink()  # the output is about to change: it must not look complete meanwhile
+    out.mkdir(parents=True, exist_ok=True)
+    for split in plan.splits:  # stale files of an interrupted or earlier compile
+        shutil.rmtree(out / split.name, ignore_errors=True)
+    write_json(out / IN_PROGRESS, {"pipeline": resolved})
+    ctx = _context(plan, out, jobs)
+    progress(f"running the Beam job ({options.runner}, {len(jobs)} datasets, {len(plan.splits)} splits)")
+    p = make_pipeline(options.runner, workers=options.workers, mode=options.mode, beam_args=options.beam_args)
+    build(p, ctx)
+    p.run().wait_until_finish()
+    progress("writing manifests")
+    (out / TOKENIZER_FILE).write_bytes(tokenizer.model_proto)
+    split_manifests = {s.name: _finish_split(out, s, plan, tokenizer) for s in ctx.splits}
+    manifest = {
+        "format": FORMAT, "pipeline": resolved,
+        "tokenizer": {"file": TOKENIZER_FILE, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
+                      "source": str(tok_path)},
+        "versions": _versions(), "splits": [s.name for s in ctx.splits],
+        "datasets": {n: {"cache_key": j.key, "cluster": j.spec.cluster} for n, j in sorted(jobs.items())},
+        "summary": {n: m["summary"] for n, m in split_manifests.items()},
+        "files": checksums(out, exclude=[MANIFEST, IN_PROGRESS]),
+    }
+    write_json(out / MANIFEST, manifest)
+    (out / IN_PROGRESS).unlink()
+    return manifest
+
+
+def _context(plan: Plan, out: Path, jobs: dict[str, DatasetJob]) -> JobContext:
+    p = plan.pipeline
+    size = p.mixture_size
+    return JobContext(
+        out_dir=str(out), datasets=jobs,
+        splits=tuple(SplitJob(s.name, s.train, s.eval, s.removed) for s in plan.splits),
+        layout=RecordLayout(p.layout, p.lengths.inputs, p.lengths.targets), seed=p.seed, shards=p.output.shards,
+        window=p.packing.window, packing=p.packing.enabled, algorithm=p.packing.algorithm, truncate=p.truncate,
+        maximum_rate=p.mixing.maximum_rate,
+        mixture_examples=size.examples if isinstance(size, ExamplesSize) else None,
+        mixture_tokens=None if isinstance(size, ExamplesSize) else size.steps * size.batch_tokens)
+
+
+def leakage(plan_clusters: dict[str, str], removed: Sequence[str], datasets: Sequence[str]) -> list[str]:
+    """Datasets found in a train mixture that belong to a cluster removed from it."""
+    return sorted(d for d in set(datasets) if plan_clusters.get(d) in set(removed))
+
+
+def _finish_split(out: Path, split: SplitJob, plan: Plan, tokenizer: Tokenizer) -> dict[str, Any]:
+    base = out / split.name
+    stats = [json.loads(p.read_text()) for p in sorted((base / STATS_DIR).glob("*.json"))]
+    seen = pq.read_table(base / "examples", columns=["dataset"]).column("dataset").unique().to_pylist() \
+        if (base / "examples").exists() else []
+    clusters = {d: s.cluster for d, s in plan.collection.datasets.items()}
+    leaked = leakage(clusters, split.removed, seen)
+    if leaked:
+        raise OutputError(f"{base}: leakage: train shards contain {', '.join(leaked)} from removed clusters "
+                          f"{', '.join(split.removed)}; no manifest written")
+    datasets: Counter[str] = Counter()
+    templates: Counter[str] = Counter()
+    for s in stats:
+        datasets.update(s["datasets"])
+        templates.update(s["templates"])
+    rows = sum(s["rows"] for s in stats)
+    tokens = sum(s["tokens"] for s in stats)
+    layout = RecordLayout(plan.pipeline.layout, plan.pipeline.lengths.inputs, plan.pipeline.lengths.targets)
+    per_cluster: Counter[str] = Counter()
+    for d, n in datasets.items():
+        per_cluster[clusters[d]] += n
+    total = sum(datasets.values())
+    sp = plan.split(split.name)
+    summary = {"examples": total, "rows": rows, "tokens": tokens,
+               "packing_efficiency": tokens / (rows * layout.sequence_length) if rows else 0.0,
+               "input_truncated": sum(s["input_truncated"] for s in stats),
+               "target_truncated": sum(s["target_truncated"] for s in stats),
+               "turned": sum(s["turned"] for s in stats)}
+    shutil.rmtree(base / STATS_DIR)
+    manifest = {
+        "format": FORMAT, "split": split.name, "layout": plan.pipeline.layout,
+        "lengths": {"inputs": layout.inputs_length, "targets": layout.targets_length},
+        "vocab_size": tokenizer.vocab_size, "pad_id": 0, "eos_id": 1, "removed_clusters": list(split.removed),
+        "train": {"shards": sorted(p.relative_to(base).as_posix() for p in (base / "train").glob("*.array_record")),
+                  "rows": rows},
+        "eval": {d: {"file": f"eval/{d}.parquet", "kind": plan.collection.datasets[d].kind,
+                     "metric": _metric(plan, d)} for d in split.eval},
+        "summary": summary,
+        "counts": {"clusters": dict(sorted(per_cluster.items())), "datasets": dict(sorted(datasets.items())),
+                   "templates": dict(sorted(templates.items()))},
+        "planned_rates": {d: sp.rates[d] for d in split.train},
+        "realized_rates": {d: datasets.get(d, 0) / total for d in split.train} if total else {},
+        "files": checksums(base, exclude=[MANIFEST]),
+    }
+    write_json(base / MANIFEST, manifest)
+    return manifest
+
+
+def _metric(plan: Plan, dataset: str) -> str:
+    spec = plan.collection.datasets[dataset]
+    if spec.kind == "classification":
+        return "accuracy"
+    return "bleu" if spec.cluster == "translation" else "rouge"
+
+
+def _versions() -> dict[str, str]:
+    out = {"flanpipe": __version__, "python": sys.version.split()[0]}
+    for pkg in ("apache-beam", "array-record", "pyarrow", "sentencepiece", "jinja2", "pydantic",
+                "tensorflow-datasets", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

@@ -1,0 +1,138 @@
+"""Templates: static checks at load time, the sandbox, OPTIONS, turned templates, the three modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flanpipe.errors import TemplateError
+from flanpipe.spec import OptionsFormat, load_dataset_file
+from flanpipe.templates import CompiledDataset, make_env, options_suffix
+
+from conftest import RTE
+
+FEATURES = {"premise": b"The museum opened in 1901.", "hypothesis": "The museum is old.", "label": 0, "idx": 7}
+
+
+def _compiled(tmp_path: Path, old: str | None = None, new: str = "") -> CompiledDataset:
+    path = tmp_path / "rte.yaml"
+    text = RTE.read_text()
+    if old is not None:
+        assert old in text
+        text = text.replace(old, new, 1)
+    path.write_text(text)
+    spec, located = load_dataset_file(path)
+    return CompiledDataset(spec, located, cluster_title="Natural language inference")
+
+
+def _line_of(path: Path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+def test_undeclared_variable_is_named_with_line(tmp_path):
+    with pytest.raises(TemplateError) as e:
+        _compiled(tmp_path, "Read this: {{ premise }}", "Read this: {{ premis }}")
+    path = tmp_path / "rte.yaml"
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:{_line_of(path, 'Read this')}: templates[1].input: uses undeclared variable 'premis'")
+    assert "did you mean 'premise'" in msg
+
+
+def test_jinja_syntax_error_gives_the_template_line(tmp_path):
+    with pytest.raises(TemplateError) as e:
+        _compiled(tmp_path, "Does it follow that {{ hypothesis }}", "Does it follow that {{ hypothesis }")
+    path = tmp_path / "rte.yaml"
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:{_line_of(path, 'Does it follow')}: templates[1].input: Jinja2 syntax error")
+    assert "template line 2" in msg
+
+
+def test_expression_field_checks_order(tmp_path):
+    with pytest.raises(TemplateError, match=r"fields.premise.expr: uses undeclared variable 'hypothesis'"):
+        _compiled(tmp_path, "premise: {feature: premise}", "premise: {expr: hypothesis}")
+
+
+@pytest.mark.parametrize("attack", [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{{ premise.__class__.__base__.__subclasses__() }}",
+    "{{ self.__init__.__globals__ }}",
+    "{{ range.__self__ }}",
+])
+def test_sandbox_refuses_escapes(tmp_path, attack):
+    compiled = None
+    try:
+        compiled = _compiled(tmp_path, '"{{ answer }}"', f'"{attack}"')
+    except TemplateError as e:  # refused statically: the object is not even reachable
+        assert "undeclared variable" in str(e)
+        return
+    values = compiled.fields_of(FEATURES)
+    with pytest.raises(TemplateError) as e:
+        compiled.render(values, 0)
+    assert "sandbox" in str(e.value) or "undefined" in str(e.value)
+
+
+def test_sandbox_has_no_dangerous_globals():
+    env = make_env()
+    assert not {"cycler", "joiner", "namespace", "lipsum"} & set(env.globals)
+    with pytest.raises(Exception):
+        env.from_string("{{ ''.__class__.__mro__ }}").render()
+
+
+def test_template_count_turned_and_duplicates(tmp_path):
+    text = RTE.read_text()
+    first = text.index("  - input:")
+    with pytest.raises(TemplateError, match=r"templates: expected exactly 10 templates, found 9"):
+        _compiled(tmp_path, text[first:text.index("  - input:", first + 1)], "")
+    with pytest.raises(TemplateError, match=r"templates\[1\]: identical to templates\[0\]"):
+        _compiled(tmp_path, "Read this: {{ premise }}\n      Does it follow that {{ hypothesis }}",
+                  '{{ premise }}\n\n      Based on the passage above, is it true that "{{ hypothesis }}"?')
+    many = text.replace('    target: "{{ answer }}"\n  - input: |-\n      Given', '    target: "{{ answer }}"\n'
+                        '    turned: true\n  - input: |-\n      Given').replace(
+        '    target: "{{ answer }}"\n  - input: |-\n      Here', '    target: "{{ answer }}"\n'
+        '    turned: true\n  - input: |-\n      Here')
+    with pytest.raises(TemplateError, match=r"at most 3 templates may be turned, found 4"):
+        _compiled(tmp_path, text, many)
+
+
+def test_options_suffix_default_and_custom():
+    assert options_suffix(["yes", "no"]) == "\n\nOPTIONS:\n- yes\n- no"
+    fmt = OptionsFormat(header="\nChoices:", item=" [{option}]")
+    assert options_suffix(["a", "b"], fmt) == "\nChoices: [a] [b]"
+
+
+def test_natural_mode_appends_options_to_classification(tmp_path):
+    compiled = _compiled(tmp_path)
+    values = compiled.fields_of(FEATURES)
+    r = compiled.render(values, 2)
+    assert r.inputs.endswith("Is the hypothesis entailed by the premise?\n\nOPTIONS:\n- yes\n- no")
+    assert r.inputs.startswith("Premise: The museum opened in 1901.")
+    assert (r.targets, r.options, r.template, r.turned) == ("yes", ("yes", "no"), 2, False)
+
+
+def test_turned_template_is_generation(tmp_path):
+    compiled = _compiled(tmp_path)
+    r = compiled.render(compiled.fields_of({**FEATURES, "label": 1}), 9)
+    assert r.turned and r.options == () and "OPTIONS" not in r.inputs
+    assert "does not support" in r.inputs and r.targets == "The museum is old."
+
+
+def test_dataset_name_and_no_template_modes(tmp_path):
+    compiled = _compiled(tmp_path)
+    values = compiled.fields_of(FEATURES)
+    named = compiled.render(values, 3, mode="dataset_name")
+    assert named.inputs == ("[Natural language inference: RTE] The museum opened in 1901.\nThe museum is old."
+                            "\n\nOPTIONS:\n- yes\n- no")
+    assert (named.targets, named.template) == ("yes", -1)
+    bare = compiled.render(values, 3, mode="none")
+    assert bare.inputs == "The museum opened in 1901.\nThe museum is old.\n\nOPTIONS:\n- yes\n- no"
+    assert bare.targets == "yes"
+
+
+def test_answer_out_of_range_and_missing_feature(tmp_path):
+    compiled = _compiled(tmp_path)
+    with pytest.raises(TemplateError, match=r"answer: evaluated to -1, expected an option index in 0..1"):
+        compiled.fields_of({**FEATURES, "label": -1})
+    with pytest.raises(TemplateError, match=r"fields.hypothesis: feature 'hypothesis' not found.*did you mean"):
+        compiled.fields_of({"premise": "p", "hypothesiss": "h", "label": 0})
