@@ -139,9 +139,12 @@ def compile_(
                              cache_dir=cache_dir, overwrite=overwrite, beam_args=tuple(beam_arg or ()))
     say = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
     try:
-        manifest = run_compile(pipeline, options, progress=say)
+        result = run_compile(pipeline, options, progress=say)
     except CompileError as e:
         _fail(e)
+    manifest = result.manifest
+    say(f"rendered {len(result.cache_misses)} dataset(s), {len(manifest['datasets']) - len(result.cache_misses)} "
+        f"from the cache ({cache_dir})")
     if json_out:
         console.print_json(data=manifest["summary"])
     elif not quiet:

@@ -16,7 +16,9 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from flanpipe import __version__
-from flanpipe.beam.job import build
+from apache_beam.metrics.metric import MetricsFilter
+
+from flanpipe.beam.job import CACHE_MISS_NAMESPACE, build
 from flanpipe.beam.runner import make_pipeline
 from flanpipe.cache import DatasetJob
 from flanpipe.collection import TEMPLATES_DIR
@@ -35,6 +37,12 @@ IN_PROGRESS = ".in_progress.json"
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.model"
 DEFAULT_CACHE = Path.home() / ".cache" / "flanpipe"
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    manifest: dict[str, Any]
+    cache_misses: list[str]  # datasets rendered + tokenized by this compile (the rest came from the cache)
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,8 @@ def _check_out_dir(out: Path, name: str, overwrite: bool) -> None:
 
 
 def run_compile(pipeline: str | Path, options: CompileOptions,
-                progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """Compile a pipeline into ``options.out``; returns the top-level manifest.
+                progress: Callable[[str], None] = lambda msg: None) -> CompileResult:
+    """Compile a pipeline into ``options.out``; returns the top-level manifest and the cache misses.
 
     Raises:
       CompileError: bad pipeline, tokenizer, source or output directory (before the job starts),
@@ -123,7 +131,10 @@ def run_compile(pipeline: str | Path, options: CompileOptions,
     progress(f"running the Beam job ({options.runner}, {len(jobs)} datasets, {len(plan.splits)} splits)")
     p = make_pipeline(options.runner, workers=options.workers, mode=options.mode, beam_args=options.beam_args)
     build(p, ctx)
-    p.run().wait_until_finish()
+    result = p.run()
+    result.wait_until_finish()
+    misses = sorted(r.key.metric.name for r in result.metrics().query(
+        MetricsFilter().with_namespace(CACHE_MISS_NAMESPACE))["counters"] if r.committed or r.attempted)
     progress("writing manifests")
     (out / TOKENIZER_FILE).write_bytes(tokenizer.model_proto)
     split_manifests = {s.name: _finish_split(out, s, plan, tokenizer) for s in ctx.splits}
@@ -138,7 +149,7 @@ def run_compile(pipeline: str | Path, options: CompileOptions,
     }
     write_json(out / MANIFEST, manifest)
     (out / IN_PROGRESS).unlink()
-    return manifest
+    return CompileResult(manifest, misses)
 
 
 def _context(plan: Plan, out: Path, jobs: dict[str, DatasetJob]) -> JobContext:

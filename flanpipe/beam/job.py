@@ -13,6 +13,9 @@ from flanpipe.mixing import allocate, mixing_rates
 from flanpipe.shards import JobContext, SplitJob
 
 
+CACHE_MISS_NAMESPACE = "flanpipe.cache_miss"  # one counter per dataset rendered by this job
+
+
 class Prepare(beam.DoFn):
     """Dataset name -> (name, meta); renders and tokenizes into the cache on a miss."""
 
@@ -24,6 +27,8 @@ class Prepare(beam.DoFn):
     def process(self, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
         meta = cache.prepare(self.ctx.datasets[name])
         (self.hits if meta["cache"] == "hit" else self.misses).inc()
+        if meta["cache"] == "miss":
+            Metrics.counter(CACHE_MISS_NAMESPACE, name).inc()
         yield name, meta
 
 

@@ -1,0 +1,191 @@
+"""Compile end to end on a small world: determinism, round trip, cache, atomicity, verify, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grain
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from flanpipe.compiler import CompileOptions, run_compile
+from flanpipe.errors import OutputError, SpecError, TokenizerError
+from flanpipe.packing import unpack
+from flanpipe.records import decode_example
+from flanpipe.schema import EOS_ID, RecordLayout
+from flanpipe.tokenizer import Tokenizer
+from flanpipe.verify import verify_output
+
+from compile_fixtures import make_world
+
+
+def _compile(world: Path, out: str, **kw):
+    opts = CompileOptions(out=world / out, cache_dir=kw.pop("cache_dir", world / "cache"),
+                          templates=world / "templates", **kw)
+    return run_compile(world / "pipeline.yaml", opts)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    make_world(root)
+    _compile(root, "out")
+    return root
+
+
+def _files(out: Path) -> dict[str, str]:
+    return json.loads((out / "manifest.json").read_text())["files"]
+
+
+def test_output_layout_and_verify(world):
+    out = world / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"] == ["natural_language_inference", "sentiment"]
+    split = json.loads((out / "sentiment" / "manifest.json").read_text())
+    assert split["train"]["shards"] == ["train/00000-of-00002.array_record", "train/00001-of-00002.array_record"]
+    assert set(split["eval"]) == {"senti"} and split["removed_clusters"] == ["sentiment"]
+    assert split["summary"]["examples"] == 100
+    assert verify_output(out) == []
+
+
+def test_two_runs_are_byte_identical_with_cold_and_warm_cache(world, tmp_path):
+    result = _compile(world, "again", cache_dir=tmp_path / "fresh-cache")
+    assert sorted(result.cache_misses) == ["para", "rte", "senti"]
+    assert _files(world / "again") == _files(world / "out")
+    warm = _compile(world, "warm")
+    assert warm.cache_misses == [] and _files(world / "warm") == _files(world / "out")
+
+
+def test_multi_processing_runner_gives_the_same_bytes(world, tmp_path):
+    _compile(world, "mp", workers=2, mode="multi_processing", cache_dir=tmp_path / "mp-cache")
+    assert _files(world / "mp") == _files(world / "out")
+
+
+def test_packed_rows_round_trip_to_the_rendered_examples(world):
+    out = world / "out" / "natural_language_inference"
+    layout = RecordLayout("decoder_only", 64, 16)
+    tok = Tokenizer.from_file(world / "out" / "tokenizer.model")
+    examples = pq.read_table(out / "examples" / "00000-of-00002.parquet").to_pylist()
+    source = grain.sources.ArrayRecordDataSource([str(out / "train" / "00000-of-00002.array_record")])
+    rows = [decode_example(source[i], layout) for i in range(len(source))]
+    assert len(rows) == max(e["row"] for e in examples) + 1
+    for e in examples:
+        seg_in, seg_out = unpack(rows[e["row"]], layout)[e["segment"] - 1]
+        want_in = tok.encode_batch([e["inputs"]])[0]
+        want_out = tok.encode_batch([e["targets"]])[0]
+        if e["input_truncated"]:
+            want_in = want_in[:layout.inputs_length - 1]
+        assert seg_in.tolist() == want_in + [EOS_ID]
+        assert seg_out.tolist() == want_out[:layout.targets_length - 1] + [EOS_ID]
+        assert tok.decode(seg_out) == e["targets"]
+
+
+def test_segments_isolate_examples_and_loss_is_on_targets_only(world):
+    layout = RecordLayout("decoder_only", 64, 16)
+    table = pq.read_table(world / "out" / "sentiment" / "train" / "00001-of-00002.parquet").to_pylist()
+    for row in table:
+        r = {k: np.asarray(v) for k, v in row.items()}
+        seg, pos, loss = r["decoder_segment_ids"], r["decoder_positions"], r["decoder_loss_weights"]
+        # positions restart at every segment start and the shifted inputs never cross a boundary
+        starts = np.flatnonzero(np.diff(np.concatenate([[0], seg])) != 0)
+        for s in starts:
+            if seg[s] > 0:
+                assert pos[s] == 0 and r["decoder_input_tokens"][s] == 0
+        for s_id, (inp, tgt) in enumerate(unpack(r, layout), 1):
+            mask = seg == s_id
+            assert loss[mask].sum() == len(tgt) and tgt[-1] == EOS_ID and inp[-1] == EOS_ID
+            # loss-weighted tokens are exactly the target part; the causal prefix covers input + 1
+            assert r["decoder_causal_attention"][mask].sum() == len(inp) + 1
+        assert loss[seg == 0].sum() == 0
+
+
+def test_realized_mixture_matches_rates(world):
+    split = json.loads((world / "out" / "natural_language_inference" / "manifest.json").read_text())
+    total = split["summary"]["examples"]
+    for d, planned in split["planned_rates"].items():
+        # largest-remainder allocation: realized share is within one example of the plan
+        assert abs(split["realized_rates"][d] - planned) <= 1 / total + 1e-12
+
+
+def test_editing_one_template_rerenders_only_that_dataset(world, tmp_path):
+    import shutil
+
+    copy = tmp_path / "w"
+    shutil.copytree(world, copy, ignore=shutil.ignore_patterns("out", "again", "warm", "mp"))
+    pipe = copy / "pipeline.yaml"
+    pipe.write_text(pipe.read_text().replace(f"dir: {world / 'samples'}", f"dir: {copy / 'samples'}"))
+    _compile(copy, "one")
+    senti = copy / "templates" / "sentiment" / "senti.yaml"
+    senti.write_text(senti.read_text().replace("Variant 3: summarise", "Variant 3: please summarise"))
+    assert _compile(copy, "two").cache_misses == ["senti"]
+
+
+def test_verify_detects_tampering_and_incomplete_output(world, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(world / "out", bad)
+    shard = bad / "sentiment" / "train" / "00000-of-00002.parquet"
+    shard.write_bytes(shard.read_bytes() + b"x")
+    problems = verify_output(bad)
+    assert any("00000-of-00002.parquet: sha256" in p for p in problems)
+    (bad / "manifest.json").unlink()
+    assert "no manifest.json" in verify_output(bad)[0]
+
+
+def test_bad_inputs_fail_before_the_job(world, tmp_path):
+    pipe = world / "pipeline.yaml"
+    no_tok = tmp_path / "p1.yaml"
+    no_tok.write_text(pipe.read_text().replace("tokenizer: tok.model", f"tokenizer: {world / 'missing.model'}"))
+    with pytest.raises(TokenizerError, match="missing.model: tokenizer model not found"):
+        run_compile(no_tok, CompileOptions(out=tmp_path / "o1", templates=world / "templates"))
+    junk = tmp_path / "junk.model"
+    junk.write_bytes(b"not a model")
+    not_sp = tmp_path / "p2.yaml"
+    not_sp.write_text(pipe.read_text().replace("tokenizer: tok.model", f"tokenizer: {junk}"))
+    with pytest.raises(TokenizerError, match="junk.model: not a SentencePiece model"):
+        run_compile(not_sp, CompileOptions(out=tmp_path / "o2", templates=world / "templates"))
+    other = tmp_path / "p3.yaml"
+    other.write_text(pipe.read_text().replace("name: base", "name: other")
+                     .replace("tokenizer: tok.model", f"tokenizer: {world / 'tok.model'}"))
+    with pytest.raises(OutputError, match="holds the output of pipeline 'base', not 'other'.*--overwrite"):
+        run_compile(other, CompileOptions(out=world / "out", templates=world / "templates"))
+    with pytest.raises(SpecError, match="--split: unknown split 'nli'"):
+        run_compile(pipe, CompileOptions(out=tmp_path / "o3", templates=world / "templates", splits=("nli",)))
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+from flanpipe.compiler import CompileOptions, run_compile
+root = Path(sys.argv[1])
+run_compile(root / "pipeline.yaml", CompileOptions(out=root / sys.argv[2], cache_dir=root / sys.argv[3],
+            templates=root / "templates"))
+"""
+
+
+def test_sigkill_midway_leaves_nothing_that_verifies_and_rerun_matches(tmp_path):
+    make_world(tmp_path, train=3000, pipeline_extra="")
+    pipe = tmp_path / "pipeline.yaml"
+    pipe.write_text(pipe.read_text().replace("mixture_size: {examples: 100}", "mixture_size: {examples: 6000}"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), "killed", "cache-k"], env=env)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / ".in_progress.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "manifest.json").exists(), "compile finished before the kill: inconclusive"
+    assert verify_output(tmp_path / "killed") != []
+    subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), "killed", "cache-k"], env=env, check=True)
+    subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), "clean", "cache-c"], env=env, check=True)
+    assert verify_output(tmp_path / "killed") == []
+    assert _files(tmp_path / "killed") == _files(tmp_path / "clean")
