@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flanpipe import __version__
-from flanpipe.prepare import RenderSettings, fields_kept, keep_capped, render_eval, render_train, variants_available
+from flanpipe.prepare import FewShotRenderer, RenderSettings, fields_kept, keep_capped, render_eval, render_train, variants_available
 from flanpipe.sources import read_examples
 from flanpipe.spec import DatasetSpec, SamplesSource, TfdsDataSource
 from flanpipe.templates import CompiledDataset
@@ -97,10 +97,17 @@ def prepare(job: DatasetJob) -> dict[str, Any]:
                     mean_tokens=(sum(lengths) / len(lengths)) if lengths else 0.0)
     else:
         meta.update(counts={"read": 0, "filtered": 0, "capped": 0, "kept": 0}, keys=[], mean_tokens=0.0)
+    shots = None
+    if job.settings.fewshot is not None and job.eval_splits and "train" in job.spec.source.splits:
+        pool, _ = _kept_train(job, compiled)
+        shots = FewShotRenderer(compiled, pool, job.settings, job.tokenizer, job.settings.eval_instructions)
     for split in job.eval_splits:
         if split in job.spec.source.splits:
             kept, _ = fields_kept(compiled, list(read_examples(job.spec, split, job.source)))
             _atomic_parquet(job.dir / f"eval-{split}.parquet", render_eval(compiled, split, kept, job.settings))
+            if shots is not None:
+                _atomic_parquet(job.dir / f"eval-fewshot-{split}.parquet",
+                                render_eval(compiled, split, kept, job.settings, shots=shots))
     _atomic_json(meta_path, meta)  # last: its presence means the entry is complete
     return {**meta, "cache": "miss"}
 
@@ -119,8 +126,9 @@ def train_variant(job: DatasetJob, variant: int) -> pa.Table:
     return pq.read_table(path)
 
 
-def eval_table(job: DatasetJob) -> pa.Table:
-    """Validation then test eval rows of the dataset."""
-    tables = [pq.read_table(job.dir / f"eval-{s}.parquet") for s in ("validation", "test")
-              if (job.dir / f"eval-{s}.parquet").exists()]
-    return pa.concat_tables(tables)
+def eval_table(job: DatasetJob, *, fewshot: bool = False) -> pa.Table | None:
+    """Validation then test eval rows of the dataset (few-shot ones if asked); None when there are none."""
+    prefix = "eval-fewshot" if fewshot else "eval"
+    tables = [pq.read_table(job.dir / f"{prefix}-{s}.parquet") for s in ("validation", "test")
+              if (job.dir / f"{prefix}-{s}.parquet").exists()]
+    return pa.concat_tables(tables) if tables else None

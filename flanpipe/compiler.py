@@ -20,9 +20,11 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from flanpipe.beam.job import CACHE_MISS_NAMESPACE, build
 from flanpipe.beam.runner import make_pipeline
+from flanpipe import cache
 from flanpipe.cache import DatasetJob
 from flanpipe.collection import TEMPLATES_DIR
 from flanpipe.errors import OutputError
+from flanpipe.mixing import mixing_rates
 from flanpipe.plan import Plan, load_plan
 from flanpipe.prepare import RenderSettings
 from flanpipe.schema import RecordLayout
@@ -137,7 +139,8 @@ def run_compile(pipeline: str | Path, options: CompileOptions,
         MetricsFilter().with_namespace(CACHE_MISS_NAMESPACE))["counters"] if r.committed or r.attempted)
     progress("writing manifests")
     (out / TOKENIZER_FILE).write_bytes(tokenizer.model_proto)
-    split_manifests = {s.name: _finish_split(out, s, plan, tokenizer) for s in ctx.splits}
+    kept = {n: cache.prepare(j)["counts"]["kept"] for n, j in jobs.items()}  # cache hits: reads meta.json
+    split_manifests = {s.name: _finish_split(out, s, plan, tokenizer, kept) for s in ctx.splits}
     manifest = {
         "format": FORMAT, "pipeline": resolved,
         "tokenizer": {"file": TOKENIZER_FILE, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
@@ -170,7 +173,8 @@ def leakage(plan_clusters: dict[str, str], removed: Sequence[str], datasets: Seq
     return sorted(d for d in set(datasets) if plan_clusters.get(d) in set(removed))
 
 
-def _finish_split(out: Path, split: SplitJob, plan: Plan, tokenizer: Tokenizer) -> dict[str, Any]:
+def _finish_split(out: Path, split: SplitJob, plan: Plan, tokenizer: Tokenizer, kept: dict[str, int]
+                  ) -> dict[str, Any]:
     base = out / split.name
     stats = [json.loads(p.read_text()) for p in sorted((base / STATS_DIR).glob("*.json"))]
     seen = pq.read_table(base / "examples", columns=["dataset"]).column("dataset").unique().to_pylist() \
@@ -192,7 +196,7 @@ def _finish_split(out: Path, split: SplitJob, plan: Plan, tokenizer: Tokenizer) 
     for d, n in datasets.items():
         per_cluster[clusters[d]] += n
     total = sum(datasets.values())
-    sp = plan.split(split.name)
+    planned = mixing_rates({d: kept[d] for d in split.train}, plan.pipeline.mixing.maximum_rate)
     summary = {"examples": total, "rows": rows, "tokens": tokens,
                "packing_efficiency": tokens / (rows * layout.sequence_length) if rows else 0.0,
                "input_truncated": sum(s["input_truncated"] for s in stats),
@@ -207,10 +211,14 @@ def _finish_split(out: Path, split: SplitJob, plan: Plan, tokenizer: Tokenizer) 
                   "rows": rows},
         "eval": {d: {"file": f"eval/{d}.parquet", "kind": plan.collection.datasets[d].kind,
                      "metric": _metric(plan, d)} for d in split.eval},
+        "fewshot_eval": {d: {"file": f"fewshot_eval/{d}.parquet", "kind": plan.collection.datasets[d].kind,
+                             "metric": _metric(plan, d)} for d in split.eval
+                         if (base / "fewshot_eval" / f"{d}.parquet").exists()},
         "summary": summary,
         "counts": {"clusters": dict(sorted(per_cluster.items())), "datasets": dict(sorted(datasets.items())),
                    "templates": dict(sorted(templates.items()))},
-        "planned_rates": {d: sp.rates[d] for d in split.train},
+        "train_examples_available": {d: kept[d] for d in split.train},
+        "planned_rates": planned,
         "realized_rates": {d: datasets.get(d, 0) / total for d in split.train} if total else {},
         "files": checksums(base, exclude=[MANIFEST]),
     }

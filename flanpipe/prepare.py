@@ -9,7 +9,9 @@ from typing import Any
 import pyarrow as pa
 
 from flanpipe.hashing import stable_hash
-from flanpipe.spec import OptionsFormat, PipelineSpec
+from flanpipe.fewshot import compose, pick_exemplars
+from flanpipe.spec import FewShot, OptionsFormat, PipelineSpec
+from flanpipe.templates import Rendered
 from flanpipe.templates import CompiledDataset
 from flanpipe.tokenizer import Tokenizer
 
@@ -36,15 +38,17 @@ class RenderSettings:
     eval_instructions: str
     options_format: OptionsFormat
     cap: int
+    fewshot: FewShot | None = None
 
     @classmethod
     def of(cls, p: PipelineSpec) -> RenderSettings:
-        return cls(p.seed, p.template_choice, p.instructions, p.eval_instructions, p.options_format, p.mixing.cap)
+        return cls(p.seed, p.template_choice, p.instructions, p.eval_instructions, p.options_format, p.mixing.cap,
+                   p.fewshot)
 
     def as_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "template_choice": self.template_choice, "instructions": self.instructions,
                 "eval_instructions": self.eval_instructions, "options_format": self.options_format.model_dump(),
-                "cap": self.cap}
+                "cap": self.cap, "fewshot": self.fewshot.model_dump() if self.fewshot else None}
 
 
 def variants_available(settings: RenderSettings) -> int:
@@ -74,10 +78,13 @@ def render_train(compiled: CompiledDataset, examples: Sequence[tuple[str, dict[s
                  settings: RenderSettings, tokenizer: Tokenizer) -> pa.Table:
     """Render and tokenize variant ``variant`` of every (already filtered and capped) example."""
     mode = settings.instructions
+    shots = FewShotRenderer(compiled, examples, settings, tokenizer, mode) if settings.fewshot else None
     rows: dict[str, list[Any]] = {name: [] for name in TRAIN_SCHEMA.names}
     for i, (key, values) in enumerate(examples):
         t = template_of(i, key, variant, settings, compiled.spec.name)
         r = compiled.render(values, t, mode=mode, options_format=settings.options_format)  # type: ignore[arg-type]
+        if shots is not None:
+            r = shots.prefix(r, key, t)
         for name, value in (("row", i), ("key", key), ("variant", variant), ("template", r.template),
                             ("turned", r.turned), ("inputs", r.inputs), ("targets", r.targets)):
             rows[name].append(value)
@@ -87,14 +94,19 @@ def render_train(compiled: CompiledDataset, examples: Sequence[tuple[str, dict[s
 
 
 def render_eval(compiled: CompiledDataset, split: str, examples: Sequence[tuple[str, dict[str, Any]]],
-                settings: RenderSettings) -> pa.Table:
-    """Every template x example of an eval split, with options and the answer index."""
+                settings: RenderSettings, *, shots: FewShotRenderer | None = None) -> pa.Table:
+    """Every template x example of an eval split, with options and the answer index.
+
+    With ``shots``, each input is prefixed with exemplars from the dataset's train examples.
+    """
     mode = settings.eval_instructions
     templates = range(NUM_TEMPLATES) if mode == "natural" else [0]
     rows: dict[str, list[Any]] = {name: [] for name in EVAL_SCHEMA.names}
     for key, values in examples:
         for t in templates:
             r = compiled.render(values, t, mode=mode, options_format=settings.options_format)  # type: ignore[arg-type]
+            if shots is not None:
+                r = shots.prefix(r, key, t)
             answer = r.options.index(r.targets) if r.options else -1
             for name, value in (("dataset", compiled.spec.name), ("split", split), ("example_key", key),
                                 ("template", r.template), ("turned", r.turned), ("inputs", r.inputs),
@@ -116,3 +128,31 @@ def fields_kept(compiled: CompiledDataset, examples: Sequence[tuple[str, dict[st
         if values is not None:
             kept.append((key, values))
     return kept, len(examples) - len(kept)
+
+
+class FewShotRenderer:
+    """Prefixes a rendered query with exemplars from a pool of train examples, rendered with the same template."""
+
+    def __init__(self, compiled: CompiledDataset, pool: Sequence[tuple[str, dict[str, Any]]],
+                 settings: RenderSettings, tokenizer: Tokenizer, mode: str):
+        assert settings.fewshot is not None
+        self.compiled, self.pool, self.settings, self.mode = compiled, pool, settings, mode
+        self.fewshot: FewShot = settings.fewshot
+        self.keys = [k for k, _ in pool]
+        self.tokenizer = tokenizer
+        self._rendered: dict[tuple[int, int], tuple[str, str]] = {}
+
+    def _exemplar(self, index: int, template: int) -> tuple[str, str]:
+        if (index, template) not in self._rendered:
+            r = self.compiled.render(self.pool[index][1], template, mode=self.mode,  # type: ignore[arg-type]
+                                     options_format=self.settings.options_format)
+            self._rendered[(index, template)] = (r.inputs, r.targets)
+        return self._rendered[(index, template)]
+
+    def prefix(self, query: Rendered, key: str, template: int) -> Rendered:
+        picks = pick_exemplars(self.keys, key, seed=self.settings.seed, dataset=self.compiled.spec.name,
+                               k=self.fewshot.max_exemplars)
+        exemplars = [self._exemplar(i, max(template, 0)) for i in picks]
+        inputs, _ = compose(query.inputs, exemplars, self.fewshot,
+                            lambda text: len(self.tokenizer.encode_batch([text])[0]))
+        return Rendered(inputs, query.targets, query.options, query.template, query.turned)

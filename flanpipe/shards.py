@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from flanpipe.cache import DatasetJob, eval_table
 from flanpipe.hashing import stable_hash
-from flanpipe.mixing import select
+from flanpipe.mixing import allocate, mixing_rates, select
 from flanpipe.packing import Trimmed, pack, trim
 from flanpipe.records import encode_example
 from flanpipe.schema import RecordLayout
@@ -55,6 +55,20 @@ class JobContext:
 
 def shard_name(shard: int, shards: int) -> str:
     return f"{shard:05d}-of-{shards:05d}"
+
+
+def allocate_split(split: SplitJob, metas: dict[str, dict[str, Any]], ctx: JobContext
+                   ) -> Iterator[tuple[str, str, int]]:
+    """(split, dataset, examples) for every training dataset of the split, from the prepared counts."""
+    counts = {d: metas[d]["counts"]["kept"] for d in split.train}
+    rates = mixing_rates(counts, ctx.maximum_rate)
+    total = ctx.mixture_examples
+    if total is None:  # steps x batch tokens: as many examples as the expected tokens fill
+        mean = sum(rates[d] * metas[d]["mean_tokens"] for d in rates)
+        total = max(1, round(ctx.mixture_tokens / mean))  # type: ignore[operator]
+    for dataset, n in allocate(rates, total).items():
+        if n:
+            yield split.name, dataset, n
 
 
 def mix_items(job: DatasetJob, keys: list[str], n: int, *, split: str, seed: int, num_shards: int,
@@ -143,8 +157,14 @@ def _rows_table(cols: dict[str, list[Any]], layout: RecordLayout) -> pa.Table:
                      for n in names})
 
 
-def write_eval(ctx: JobContext, split: str, job: DatasetJob) -> str:
-    """Copy the dataset's cached eval rows (validation, then test) to <split>/eval/<dataset>.parquet."""
-    path = Path(ctx.out_dir) / split / "eval" / f"{job.spec.name}.parquet"
-    write_parquet(path, eval_table(job))
-    return str(path)
+def write_eval(ctx: JobContext, split: str, job: DatasetJob) -> list[str]:
+    """Copy the dataset's cached eval rows (validation, then test) to <split>/eval/<dataset>.parquet,
+    and the few-shot ones to <split>/fewshot_eval/<dataset>.parquet when the pipeline has few-shot."""
+    written = []
+    for folder, fewshot in (("eval", False), ("fewshot_eval", True)):
+        table = eval_table(job, fewshot=fewshot)
+        if table is not None:
+            path = Path(ctx.out_dir) / split / folder / f"{job.spec.name}.parquet"
+            write_parquet(path, table)
+            written.append(str(path))
+    return written

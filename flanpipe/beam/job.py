@@ -9,8 +9,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from flanpipe import cache, shards
-from flanpipe.mixing import allocate, mixing_rates
-from flanpipe.shards import JobContext, SplitJob
+from flanpipe.shards import JobContext
 
 
 CACHE_MISS_NAMESPACE = "flanpipe.cache_miss"  # one counter per dataset rendered by this job
@@ -30,20 +29,6 @@ class Prepare(beam.DoFn):
         if meta["cache"] == "miss":
             Metrics.counter(CACHE_MISS_NAMESPACE, name).inc()
         yield name, meta
-
-
-def allocate_split(split: SplitJob, metas: dict[str, dict[str, Any]], ctx: JobContext
-                   ) -> Iterator[tuple[str, str, int]]:
-    """(split, dataset, examples) for every training dataset of the split."""
-    counts = {d: metas[d]["counts"]["kept"] for d in split.train}
-    rates = mixing_rates(counts, ctx.maximum_rate)
-    total = ctx.mixture_examples
-    if total is None:  # steps x batch tokens: examples whose expected tokens fill the budget
-        mean = sum(rates[d] * metas[d]["mean_tokens"] for d in rates)
-        total = max(1, round(ctx.mixture_tokens / mean))  # type: ignore[operator]
-    for dataset, n in allocate(rates, total).items():
-        if n:
-            yield split.name, dataset, n
 
 
 class Mix(beam.DoFn):
@@ -87,7 +72,7 @@ class WriteEval(beam.DoFn):
     def process(self, element: tuple[str, str], metas: dict[str, dict[str, Any]]) -> Iterator[str]:
         split, dataset = element
         assert dataset in metas  # the side input orders this after Prepare
-        yield shards.write_eval(self.ctx, split, self.ctx.datasets[dataset])
+        yield from shards.write_eval(self.ctx, split, self.ctx.datasets[dataset])
 
 
 def build(p: beam.Pipeline, ctx: JobContext) -> None:
@@ -96,7 +81,7 @@ def build(p: beam.Pipeline, ctx: JobContext) -> None:
              | "Prepare" >> beam.ParDo(Prepare(ctx)))
     metas_dict = beam.pvalue.AsDict(metas)
     items = (p | "Splits" >> beam.Create([s for s in ctx.splits if s.train])
-             | "Allocate" >> beam.FlatMap(lambda s, m: allocate_split(s, m, ctx), m=metas_dict)
+             | "Allocate" >> beam.FlatMap(lambda s, m: shards.allocate_split(s, m, ctx), m=metas_dict)
              | "Mix" >> beam.ParDo(Mix(ctx), metas=metas_dict))
     # Every shard exists even when no example lands in it: seed each key with a None.
     empty = p | "ShardKeys" >> beam.Create([((s.name, k), None) for s in ctx.splits for k in range(ctx.shards)])
