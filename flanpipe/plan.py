@@ -60,7 +60,8 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
     pipeline, located = load_pipeline(pipeline_path)
     collection = load_collection(templates)
     _check_names(pipeline, located, collection)
-    held = list(pipeline.held_out) + ([ALL_SPLIT] if pipeline.include_all else [])
+    groups = {split_name(h): [h] if isinstance(h, str) else list(h) for h in pipeline.held_out}
+    held = list(groups) + ([ALL_SPLIT] if pipeline.include_all else [])
     if only:
         for name in only:
             if name not in held:
@@ -75,11 +76,13 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
     splits = []
     for name in held:
         tax = collection.taxonomy
-        removed = tuple(tax.removed_with(name)) if name != ALL_SPLIT else ()
+        held_clusters = groups.get(name, [])
+        removed_set = {c for h in held_clusters for c in tax.removed_with(h)}
+        removed = tuple(c for c in tax.clusters if c in removed_set)
         train = tuple(d for c in training_clusters if c not in removed
                       for d in tax.clusters[c].datasets if d in counts)
-        evals = () if name == ALL_SPLIT else tuple(
-            d for d in tax.clusters[name].datasets + tax.clusters[name].eval_only if d in universe)
+        evals = tuple(d for h in held_clusters for d in tax.clusters[h].datasets + tax.clusters[h].eval_only
+                      if d in universe)
         if not train:
             raise SpecError(located.path, located.where(("held_out",))[1], "held_out",
                             f"holding out {name!r} leaves no dataset to train on")
@@ -90,18 +93,28 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
     return Plan(pipeline, Path(pipeline_path).resolve(), collection, counts, tuple(splits))
 
 
+def split_name(held_out: str | list[str]) -> str:
+    """A held-out entry's split name: the cluster, or 'a+b+c' for a group."""
+    return held_out if isinstance(held_out, str) else "+".join(held_out)
+
+
 def _check_names(pipeline: PipelineSpec, located: Located, collection: Collection) -> None:
     clusters = collection.taxonomy.clusters
-    for key in ("held_out", "clusters"):
-        for i, name in enumerate(getattr(pipeline, key) or []):
-            if name not in clusters:
-                file, line = located.where((key, i))
-                raise SpecError(file, line, f"{key}[{i}]", f"unknown cluster {name!r}{did_you_mean(name, clusters)}")
+    entries: list[tuple[tuple[str | int, ...], str]] = []
+    for i, held in enumerate(pipeline.held_out):
+        entries += [(("held_out", i), held)] if isinstance(held, str) else [
+            (("held_out", i, j), name) for j, name in enumerate(held)]
+    entries += [(("clusters", i), name) for i, name in enumerate(pipeline.clusters or [])]
+    for loc, name in entries:
+        if name not in clusters:
+            file, line = located.where(loc)
+            field = loc[0] + "".join(f"[{p}]" for p in loc[1:])
+            raise SpecError(file, line, str(field), f"unknown cluster {name!r}{did_you_mean(name, clusters)}")
     for i, name in enumerate(pipeline.datasets or []):
         if name not in collection.datasets:
             file, line = located.where(("datasets", i))
             raise SpecError(file, line, f"datasets[{i}]",
                             f"unknown dataset {name!r}{did_you_mean(name, collection.datasets)}")
-    if len(set(pipeline.held_out)) != len(pipeline.held_out):
+    if len({split_name(h) for h in pipeline.held_out}) != len(pipeline.held_out):
         file, line = located.where(("held_out",))
         raise SpecError(file, line, "held_out", "a cluster is listed twice")

@@ -298,7 +298,9 @@ class PipelineSpec(BaseModel):
     packing: Packing
     mixing: Mixing
     mixture_size: MixtureSize
-    held_out: list[str] = Field(description="Clusters to hold out: one mixture each.")
+    held_out: list[str | list[str]] = Field(
+        description="Clusters to hold out, one mixture each; a list holds several clusters out of one mixture "
+                    "(named 'a+b+c'), as in the cluster-count ablation.")
     include_all: bool = Field(description="Also build 'all': every cluster trained, nothing held out.")
     datasets: list[str] | None = Field(
         default=None, description="Restrict to these datasets (None: the whole taxonomy); clusters must still exist."
