@@ -1,0 +1,85 @@
+"""Plans of the bundled pipelines: held-out splits, exclusions, ablation dataset sets, mixing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flanpipe.collection import load_collection
+from flanpipe.mixing import allocate, mixing_rates, select
+from flanpipe.plan import load_plan
+
+PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+@pytest.fixture(scope="module")
+def collection():
+    return load_collection()
+
+
+def _clusters(plan, datasets):
+    return {plan.collection.datasets[d].cluster for d in datasets}
+
+
+def test_flan2021_exclusions_follow_the_taxonomy_rule():
+    plan = load_plan(PIPELINES / "flan2021.yaml")
+    removed = {s.name: set(s.removed) for s in plan.splits}
+    assert removed["natural_language_inference"] == {"natural_language_inference", "paraphrase"}
+    assert removed["paraphrase"] == {"paraphrase", "natural_language_inference"}
+    assert removed["reading_comprehension"] == {"reading_comprehension", "reading_comprehension_with_commonsense"}
+    assert removed["commonsense"] == {"commonsense", "reading_comprehension_with_commonsense"}
+    for name in ("closed_book_qa", "translation", "coreference", "struct_to_text", "sentiment", "misc"):
+        assert removed[name] == {name}
+    for s in plan.splits:
+        assert not _clusters(plan, s.train) & set(s.removed)
+        assert _clusters(plan, s.eval) == {s.name}
+    coref = plan.split("coreference")
+    assert "wsc273" in coref.eval and "wsc273" not in {d for s in plan.splits for d in s.train}
+
+
+def test_rates_are_examples_proportional_with_the_maximum():
+    rates = mixing_rates({"big": 30_000, "mid": 3_000, "small": 1_000}, 3_000)
+    assert rates == {"big": 3 / 7, "mid": 3 / 7, "small": 1 / 7}
+    assert sum(allocate(rates, 1001).values()) == 1001
+    picks = select(3, 7, seed=1, dataset="d", keys=["a", "b", "c"])
+    assert sorted(picks[:3]) == [(0, 0), (1, 0), (2, 0)] and {v for _, v in picks[3:6]} == {1}
+
+
+@pytest.mark.parametrize("k", range(1, 8))
+def test_cluster_count_ablation(k):
+    plan = load_plan(PIPELINES / f"clusters_{k}.yaml")
+    order = ["summarization", "translation", "misc", "reading_comprehension", "sentiment", "struct_to_text",
+             "coreference"]
+    (split,) = plan.splits
+    assert split.name == "natural_language_inference+closed_book_qa+commonsense"
+    assert _clusters(plan, split.train) == set(order[:k])
+    assert _clusters(plan, split.eval) == {"natural_language_inference", "closed_book_qa", "commonsense"}
+    assert {"paraphrase", "reading_comprehension_with_commonsense"} <= set(split.removed)
+
+
+def test_instruction_ablations_and_fewshot_and_prompt_tuning():
+    no_t = load_plan(PIPELINES / "no_template.yaml").pipeline
+    assert (no_t.instructions, no_t.eval_instructions) == ("none", "natural")
+    name = load_plan(PIPELINES / "dataset_name.yaml").pipeline
+    assert (name.instructions, name.eval_instructions) == ("dataset_name", "natural")
+    assert load_plan(PIPELINES / "dataset_name_eval.yaml").pipeline.eval_instructions == "dataset_name"
+    few = load_plan(PIPELINES / "fewshot.yaml").pipeline.fewshot
+    assert (few.max_exemplars, few.max_tokens) == (16, 960)
+    pt = load_plan(PIPELINES / "prompt_tuning.yaml")
+    superglue = {"bool_q", "cb", "copa", "multirc", "record", "rte", "wic", "wsc"}
+    for task in superglue:
+        cluster = pt.collection.datasets[task].cluster
+        split = pt.split(cluster)
+        assert task in split.eval and not _clusters(pt, split.train) & {cluster}
+
+
+def test_modes_render_as_the_paper_describes(collection):
+    from flanpipe.preview import render_samples
+
+    natural = render_samples("wmt14_enfr", n=1, mode="natural", collection=collection)[0].rendered
+    named = render_samples("wmt14_enfr", n=1, mode="dataset_name", collection=collection)[0].rendered
+    bare = render_samples("wmt14_enfr", n=1, mode="none", collection=collection)[0].rendered
+    assert named.inputs.startswith(f"[Translation: {collection.datasets['wmt14_enfr'].title}] ")
+    assert named.inputs.endswith(bare.inputs) and bare.targets == named.targets
+    assert len(natural.inputs) > len(bare.inputs) and natural.template >= 0 and bare.template == -1
