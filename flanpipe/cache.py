@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flanpipe import __version__
+from flanpipe import __version__, storage
 from flanpipe.prepare import FewShotRenderer, RenderSettings, fields_kept, keep_capped, render_eval, render_train, variants_available
 from flanpipe.sources import read_examples
 from flanpipe.spec import DatasetSpec, SamplesSource, TfdsDataSource
 from flanpipe.templates import CompiledDataset
 from flanpipe.tokenizer import Tokenizer
+from flanpipe.writers import read_json, write_json, write_parquet
 
 CACHE_FORMAT = 1
 
@@ -47,25 +45,20 @@ class DatasetJob:
         }, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
-    @property
-    def dir(self) -> Path:
-        return Path(self.cache_dir) / self.spec.name / self.key
+    def file(self, name: str) -> str:
+        """URL of one file of this dataset's cache entry."""
+        return storage.join(self.cache_dir, self.spec.name, self.key, name)
 
 
-def _atomic_parquet(path: Path, table: pa.Table) -> None:
-    # Unique temp names: two workers may prepare the same entry at once; both write the
-    # same bytes and the last rename wins, so a race is harmless.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+# Unique temp names: two workers may prepare the same entry at once; both write the same
+# bytes and the last rename wins, so a race is harmless.
+def _atomic_parquet(url: str, table: pa.Table) -> None:
+    write_parquet(url, table, unique_tmp=True)
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, sort_keys=True, indent=1))
-    os.replace(tmp, path)
+def _read_parquet(url: str) -> pa.Table:
+    with storage.open_file(url) as f:
+        return pq.read_table(f)
 
 
 def _kept_train(job: DatasetJob, compiled: CompiledDataset) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, int]]:
@@ -82,15 +75,15 @@ def prepare(job: DatasetJob) -> dict[str, Any]:
     Returns:
       meta: counts, kept example keys, mean token length of variant 0, and whether it was a cache hit.
     """
-    meta_path = job.dir / "meta.json"
-    if meta_path.exists():
-        return {**json.loads(meta_path.read_text()), "cache": "hit"}
+    meta_path = job.file("meta.json")
+    if storage.exists(meta_path):
+        return {**read_json(meta_path), "cache": "hit"}
     compiled = CompiledDataset(job.spec, cluster_title=job.cluster_title)
     meta: dict[str, Any] = {"dataset": job.spec.name, "key": job.key}
     if "train" in job.spec.source.splits:
         train, counts = _kept_train(job, compiled)
         table = render_train(compiled, train, 0, job.settings, job.tokenizer)
-        _atomic_parquet(job.dir / "train-v0.parquet", table)
+        _atomic_parquet(job.file("train-v0.parquet"), table)
         lengths = [len(a) + len(b) + 2 for a, b in zip(table.column("input_ids").to_pylist(),
                                                       table.column("target_ids").to_pylist())]
         meta.update(counts=counts, keys=[k for k, _ in train],
@@ -104,11 +97,11 @@ def prepare(job: DatasetJob) -> dict[str, Any]:
     for split in job.eval_splits:
         if split in job.spec.source.splits:
             kept, _ = fields_kept(compiled, list(read_examples(job.spec, split, job.source)))
-            _atomic_parquet(job.dir / f"eval-{split}.parquet", render_eval(compiled, split, kept, job.settings))
+            _atomic_parquet(job.file(f"eval-{split}.parquet"), render_eval(compiled, split, kept, job.settings))
             if shots is not None:
-                _atomic_parquet(job.dir / f"eval-fewshot-{split}.parquet",
+                _atomic_parquet(job.file(f"eval-fewshot-{split}.parquet"),
                                 render_eval(compiled, split, kept, job.settings, shots=shots))
-    _atomic_json(meta_path, meta)  # last: its presence means the entry is complete
+    write_json(meta_path, meta, unique_tmp=True)  # last: its presence means the entry is complete
     return {**meta, "cache": "miss"}
 
 
@@ -118,17 +111,17 @@ def train_variant(job: DatasetJob, variant: int) -> pa.Table:
     Variants beyond the templates available repeat (variant mod 10, or 0 without templates).
     """
     variant %= variants_available(job.settings)
-    path = job.dir / f"train-v{variant}.parquet"
-    if not path.exists():
+    path = job.file(f"train-v{variant}.parquet")
+    if not storage.exists(path):
         compiled = CompiledDataset(job.spec, cluster_title=job.cluster_title)
         train, _ = _kept_train(job, compiled)
         _atomic_parquet(path, render_train(compiled, train, variant, job.settings, job.tokenizer))
-    return pq.read_table(path)
+    return _read_parquet(path)
 
 
 def eval_table(job: DatasetJob, *, fewshot: bool = False) -> pa.Table | None:
     """Validation then test eval rows of the dataset (few-shot ones if asked); None when there are none."""
     prefix = "eval-fewshot" if fewshot else "eval"
-    tables = [pq.read_table(job.dir / f"{prefix}-{s}.parquet") for s in ("validation", "test")
-              if (job.dir / f"{prefix}-{s}.parquet").exists()]
+    tables = [_read_parquet(job.file(f"{prefix}-{s}.parquet")) for s in ("validation", "test")
+              if storage.exists(job.file(f"{prefix}-{s}.parquet"))]
     return pa.concat_tables(tables) if tables else None

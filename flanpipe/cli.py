@@ -120,14 +120,14 @@ def tokenizer_train(
 @app.command("compile")
 def compile_(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
-    out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    out: Annotated[str, typer.Option("--out", help="Output directory: a path or a URL (gs://...).")],
     runner: Annotated[str, typer.Option("--runner", help="direct, dask, dataflow, flink or spark.")] = "direct",
     workers: Annotated[int, typer.Option("--workers", help="Local worker processes (direct runner).")] = 1,
     mode: Annotated[Optional[str], typer.Option("--mode", help="Direct runner mode: in_memory or "
                                                 "multi_processing (default: by --workers).")] = None,
     split: Annotated[Optional[list[str]], typer.Option("--split", help="Only these splits.")] = None,
-    cache_dir: Annotated[Path, typer.Option("--cache-dir", envvar="FLANPIPE_CACHE",
-                                            help="Rendered+tokenized dataset cache.")] = DEFAULT_CACHE,
+    cache_dir: Annotated[str, typer.Option("--cache-dir", envvar="FLANPIPE_CACHE",
+                                           help="Rendered+tokenized dataset cache (path or URL).")] = str(DEFAULT_CACHE),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace another pipeline's output.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
@@ -135,8 +135,8 @@ def compile_(
                                                           "repeatable, e.g. --beam-arg=--project=p.")] = None,
 ) -> None:
     """Compile a pipeline into packed ArrayRecord + Parquet mixtures, one per held-out split."""
-    options = CompileOptions(out=out, runner=runner, workers=workers, mode=mode, splits=tuple(split or ()),
-                             cache_dir=cache_dir, overwrite=overwrite, beam_args=tuple(beam_arg or ()))
+    options = CompileOptions(out=str(out), runner=runner, workers=workers, mode=mode, splits=tuple(split or ()),
+                             cache_dir=str(cache_dir), overwrite=overwrite, beam_args=tuple(beam_arg or ()))
     say = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
     try:
         result = run_compile(pipeline, options, progress=say)
@@ -152,7 +152,7 @@ def compile_(
 
 
 @app.command()
-def verify(out: Annotated[Path, typer.Argument(help="A compiled output directory.")]) -> None:
+def verify(out: Annotated[str, typer.Argument(help="A compiled output directory (path or URL).")]) -> None:
     """Re-check every checksum and the leakage rule of a compiled output; exit 1 on any problem."""
     problems = verify_output(out)
     for p in problems:

@@ -5,22 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 from importlib.metadata import PackageNotFoundError, version
-import shutil
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 
 from flanpipe import __version__
 from apache_beam.metrics.metric import MetricsFilter
 
 from flanpipe.beam.job import CACHE_MISS_NAMESPACE, build
 from flanpipe.beam.runner import make_pipeline
-from flanpipe import cache
+from flanpipe import cache, storage
 from flanpipe.cache import DatasetJob
 from flanpipe.collection import TEMPLATES_DIR
 from flanpipe.errors import OutputError
@@ -32,7 +30,8 @@ from flanpipe.shards import STATS_DIR, JobContext, SplitJob
 from flanpipe.sources import source_fingerprint
 from flanpipe.spec import ExamplesSize
 from flanpipe.tokenizer import Tokenizer
-from flanpipe.writers import checksums, sha256_file, write_json
+from flanpipe.verify import datasets_in_split, leakage
+from flanpipe.writers import checksums, read_json, sha256_file, write_bytes, write_json
 
 FORMAT = "flanpipe/1"
 IN_PROGRESS = ".in_progress.json"
@@ -49,12 +48,12 @@ class CompileResult:
 
 @dataclass(frozen=True)
 class CompileOptions:
-    out: Path
+    out: str  # a local path or any fsspec URL (gs://, memory://, ...)
     runner: str = "direct"
     workers: int = 1
     mode: str | None = None
     splits: tuple[str, ...] = ()
-    cache_dir: Path = DEFAULT_CACHE
+    cache_dir: str = str(DEFAULT_CACHE)
     overwrite: bool = False
     templates: Path = TEMPLATES_DIR
     beam_args: tuple[str, ...] = ()
@@ -65,7 +64,7 @@ def tokenizer_path(plan: Plan) -> Path:
     return path if path.is_absolute() else (plan.pipeline_path.parent / path).resolve()
 
 
-def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: Path) -> dict[str, DatasetJob]:
+def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, DatasetJob]:
     """One picklable preparation job per dataset the plan trains on or evaluates."""
     settings = RenderSettings.of(plan.pipeline)
     evaluated = {d for s in plan.splits for d in s.eval}
@@ -76,7 +75,7 @@ def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: Path) -> dict[str,
             spec=spec, cluster_title=plan.collection.cluster_title(name),
             spec_sha256=sha256_file(plan.collection.paths[name]), source=plan.pipeline.source,
             source_fingerprint=source_fingerprint(spec, plan.pipeline.source), settings=settings,
-            tokenizer=tokenizer, cache_dir=str(cache_dir),
+            tokenizer=tokenizer, cache_dir=storage.resolve(cache_dir),
             eval_splits=("validation", "test") if name in evaluated else ())
     return jobs
 
@@ -89,19 +88,18 @@ def pipeline_hash(plan: Plan, tokenizer: Tokenizer, jobs: dict[str, DatasetJob])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _check_out_dir(out: Path, name: str, overwrite: bool) -> None:
-    for marker in (MANIFEST, IN_PROGRESS):
-        path = out / marker
-        if path.exists():
+def _check_out_dir(out: str, name: str, overwrite: bool) -> None:
+    markers = [storage.join(out, m) for m in (MANIFEST, IN_PROGRESS)]
+    for path in markers:
+        if storage.exists(path):
             try:
-                owner = json.loads(path.read_text()).get("pipeline", {}).get("name")
+                owner = read_json(path).get("pipeline", {}).get("name")
             except (json.JSONDecodeError, AttributeError):
                 owner = "<unreadable>"
             if owner != name and not overwrite:
                 raise OutputError(f"{out}: holds the output of pipeline {owner!r}, not {name!r}; "
                                   f"choose another --out or pass --overwrite")
-    if out.exists() and not (out / MANIFEST).exists() and not (out / IN_PROGRESS).exists() and any(out.iterdir()) \
-            and not overwrite:
+    if not any(storage.exists(m) for m in markers) and not storage.is_empty_dir(out) and not overwrite:
         raise OutputError(f"{out}: exists and is not a flanpipe output directory; choose another --out or "
                           f"pass --overwrite")
 
@@ -117,18 +115,17 @@ def run_compile(pipeline: str | Path, options: CompileOptions,
     plan = load_plan(pipeline, templates=options.templates, only=list(options.splits) or None)
     tok_path = tokenizer_path(plan)
     tokenizer = Tokenizer.from_file(tok_path)
-    out = options.out.resolve()
+    out = storage.resolve(options.out)
     _check_out_dir(out, plan.pipeline.name, options.overwrite)
     jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
     digest = pipeline_hash(plan, tokenizer, jobs)
     resolved = {"name": plan.pipeline.name, "hash": digest, "resolved": plan.pipeline.model_dump(mode="json"),
                 "file": str(plan.pipeline_path)}
-    if (out / MANIFEST).exists():
-        (out / MANIFEST).unlink()  # the output is about to change: it must not look complete meanwhile
-    out.mkdir(parents=True, exist_ok=True)
+    storage.remove(storage.join(out, MANIFEST))  # the output is about to change: it must not look complete
+    storage.makedirs(out)
     for split in plan.splits:  # stale files of an interrupted or earlier compile
-        shutil.rmtree(out / split.name, ignore_errors=True)
-    write_json(out / IN_PROGRESS, {"pipeline": resolved})
+        storage.remove_tree(storage.join(out, split.name))
+    write_json(storage.join(out, IN_PROGRESS), {"pipeline": resolved})
     ctx = _context(plan, out, jobs)
     progress(f"running the Beam job ({options.runner}, {len(jobs)} datasets, {len(plan.splits)} splits)")
     p = make_pipeline(options.runner, workers=options.workers, mode=options.mode, beam_args=options.beam_args)
@@ -138,7 +135,7 @@ def run_compile(pipeline: str | Path, options: CompileOptions,
     misses = sorted(r.key.metric.name for r in result.metrics().query(
         MetricsFilter().with_namespace(CACHE_MISS_NAMESPACE))["counters"] if r.committed or r.attempted)
     progress("writing manifests")
-    (out / TOKENIZER_FILE).write_bytes(tokenizer.model_proto)
+    write_bytes(storage.join(out, TOKENIZER_FILE), tokenizer.model_proto)
     kept = {n: cache.prepare(j)["counts"]["kept"] for n, j in jobs.items()}  # cache hits: reads meta.json
     split_manifests = {s.name: _finish_split(out, s, plan, tokenizer, kept) for s in ctx.splits}
     manifest = {
@@ -150,16 +147,16 @@ def run_compile(pipeline: str | Path, options: CompileOptions,
         "summary": {n: m["summary"] for n, m in split_manifests.items()},
         "files": checksums(out, exclude=[MANIFEST, IN_PROGRESS]),
     }
-    write_json(out / MANIFEST, manifest)
-    (out / IN_PROGRESS).unlink()
+    write_json(storage.join(out, MANIFEST), manifest)
+    storage.remove(storage.join(out, IN_PROGRESS))
     return CompileResult(manifest, misses)
 
 
-def _context(plan: Plan, out: Path, jobs: dict[str, DatasetJob]) -> JobContext:
+def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob]) -> JobContext:
     p = plan.pipeline
     size = p.mixture_size
     return JobContext(
-        out_dir=str(out), datasets=jobs,
+        out_dir=out, datasets=jobs,
         splits=tuple(SplitJob(s.name, s.train, s.eval, s.removed) for s in plan.splits),
         layout=RecordLayout(p.layout, p.lengths.inputs, p.lengths.targets), seed=p.seed, shards=p.output.shards,
         window=p.packing.window, packing=p.packing.enabled, algorithm=p.packing.algorithm, truncate=p.truncate,
@@ -168,19 +165,13 @@ def _context(plan: Plan, out: Path, jobs: dict[str, DatasetJob]) -> JobContext:
         mixture_tokens=None if isinstance(size, ExamplesSize) else size.steps * size.batch_tokens)
 
 
-def leakage(plan_clusters: dict[str, str], removed: Sequence[str], datasets: Sequence[str]) -> list[str]:
-    """Datasets found in a train mixture that belong to a cluster removed from it."""
-    return sorted(d for d in set(datasets) if plan_clusters.get(d) in set(removed))
-
-
-def _finish_split(out: Path, split: SplitJob, plan: Plan, tokenizer: Tokenizer, kept: dict[str, int]
+def _finish_split(out: str, split: SplitJob, plan: Plan, tokenizer: Tokenizer, kept: dict[str, int]
                   ) -> dict[str, Any]:
-    base = out / split.name
-    stats = [json.loads(p.read_text()) for p in sorted((base / STATS_DIR).glob("*.json"))]
-    seen = pq.read_table(base / "examples", columns=["dataset"]).column("dataset").unique().to_pylist() \
-        if (base / "examples").exists() else []
+    base = storage.join(out, split.name)
+    files = storage.list_files(base)
+    stats = [read_json(storage.join(base, f)) for f in files if f.startswith(STATS_DIR + "/")]
     clusters = {d: s.cluster for d, s in plan.collection.datasets.items()}
-    leaked = leakage(clusters, split.removed, seen)
+    leaked = leakage(clusters, split.removed, datasets_in_split(base))
     if leaked:
         raise OutputError(f"{base}: leakage: train shards contain {', '.join(leaked)} from removed clusters "
                           f"{', '.join(split.removed)}; no manifest written")
@@ -202,18 +193,18 @@ def _finish_split(out: Path, split: SplitJob, plan: Plan, tokenizer: Tokenizer, 
                "input_truncated": sum(s["input_truncated"] for s in stats),
                "target_truncated": sum(s["target_truncated"] for s in stats),
                "turned": sum(s["turned"] for s in stats)}
-    shutil.rmtree(base / STATS_DIR)
+    storage.remove_tree(storage.join(base, STATS_DIR))
     manifest = {
         "format": FORMAT, "split": split.name, "layout": plan.pipeline.layout,
         "lengths": {"inputs": layout.inputs_length, "targets": layout.targets_length},
         "vocab_size": tokenizer.vocab_size, "pad_id": 0, "eos_id": 1, "removed_clusters": list(split.removed),
-        "train": {"shards": sorted(p.relative_to(base).as_posix() for p in (base / "train").glob("*.array_record")),
+        "train": {"shards": [f for f in files if f.startswith("train/") and f.endswith(".array_record")],
                   "rows": rows},
         "eval": {d: {"file": f"eval/{d}.parquet", "kind": plan.collection.datasets[d].kind,
                      "metric": _metric(plan, d)} for d in split.eval},
         "fewshot_eval": {d: {"file": f"fewshot_eval/{d}.parquet", "kind": plan.collection.datasets[d].kind,
                              "metric": _metric(plan, d)} for d in split.eval
-                         if (base / "fewshot_eval" / f"{d}.parquet").exists()},
+                         if f"fewshot_eval/{d}.parquet" in files},
         "summary": summary,
         "counts": {"clusters": dict(sorted(per_cluster.items())), "datasets": dict(sorted(datasets.items())),
                    "templates": dict(sorted(templates.items()))},
@@ -222,7 +213,7 @@ def _finish_split(out: Path, split: SplitJob, plan: Plan, tokenizer: Tokenizer, 
         "realized_rates": {d: datasets.get(d, 0) / total for d in split.train} if total else {},
         "files": checksums(base, exclude=[MANIFEST]),
     }
-    write_json(base / MANIFEST, manifest)
+    write_json(storage.join(base, MANIFEST), manifest)
     return manifest
 
 

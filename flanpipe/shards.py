@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from flanpipe import storage
 from flanpipe.cache import DatasetJob, eval_table
 from flanpipe.hashing import stable_hash
 from flanpipe.mixing import allocate, mixing_rates, select
@@ -93,7 +93,7 @@ def write_shard(ctx: JobContext, split: str, shard: int, items: list[Item], clus
     """Shuffle (by key), pack window by window, and write the shard's three files; return its stats."""
     items.sort(key=lambda i: (i[0], i[1], i[2], i[3]))
     layout = ctx.layout
-    base = Path(ctx.out_dir) / split
+    base = storage.join(ctx.out_dir, split)
     name = shard_name(shard, ctx.shards)
     records: list[bytes] = []
     row_cols: dict[str, list[Any]] = defaultdict(list)
@@ -114,11 +114,11 @@ def write_shard(ctx: JobContext, split: str, shard: int, items: list[Item], clus
                 _add_example(ex_cols, window[m], trimmed[m], clusters, row_index, segment)
                 _count(stats, window[m], trimmed[m])
     stats["rows"] = len(records)
-    write_array_record(base / "train" / f"{name}.array_record", records)
-    write_parquet(base / "train" / f"{name}.parquet", _rows_table(row_cols, layout))
-    write_parquet(base / "examples" / f"{name}.parquet", pa.table(ex_cols, schema=EXAMPLES_SCHEMA))
+    write_array_record(storage.join(base, "train", f"{name}.array_record"), records)
+    write_parquet(storage.join(base, "train", f"{name}.parquet"), _rows_table(row_cols, layout))
+    write_parquet(storage.join(base, "examples", f"{name}.parquet"), pa.table(ex_cols, schema=EXAMPLES_SCHEMA))
     stats["datasets"], stats["templates"] = dict(stats["datasets"]), dict(stats["templates"])
-    write_json(base / STATS_DIR / f"{name}.json", stats)
+    write_json(storage.join(base, STATS_DIR, f"{name}.json"), stats)
     return stats
 
 
@@ -164,7 +164,7 @@ def write_eval(ctx: JobContext, split: str, job: DatasetJob) -> list[str]:
     for folder, fewshot in (("eval", False), ("fewshot_eval", True)):
         table = eval_table(job, fewshot=fewshot)
         if table is not None:
-            path = Path(ctx.out_dir) / split / folder / f"{job.spec.name}.parquet"
+            path = storage.join(ctx.out_dir, split, folder, f"{job.spec.name}.parquet")
             write_parquet(path, table)
-            written.append(str(path))
+            written.append(path)
     return written

@@ -3,55 +3,69 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Sequence
 
 import pyarrow.parquet as pq
 
-from flanpipe.writers import TMP_SUFFIX, checksums
+from flanpipe import storage
+from flanpipe.writers import TMP_MARK, checksums, read_json
 
 MANIFEST = "manifest.json"
 
 
-def _check_files(root: Path, recorded: dict[str, str], exclude: set[str]) -> list[str]:
+def datasets_in_split(split_url: str) -> list[str]:
+    """The datasets present in a split's rendered train examples (examples/*.parquet)."""
+    seen: set[str] = set()
+    for rel in storage.list_files(split_url):
+        if rel.startswith("examples/") and rel.endswith(".parquet"):
+            with storage.open_file(storage.join(split_url, rel)) as f:
+                seen.update(pq.read_table(f, columns=["dataset"]).column("dataset").unique().to_pylist())
+    return sorted(seen)
+
+
+def leakage(clusters: dict[str, str], removed: Sequence[str], datasets: Sequence[str]) -> list[str]:
+    """Datasets found in a train mixture that belong to a cluster removed from it."""
+    return sorted(d for d in set(datasets) if clusters.get(d) in set(removed))
+
+
+def _check_files(root: str, recorded: dict[str, str]) -> list[str]:
     problems = []
-    actual = checksums(root, exclude=exclude)
+    actual = checksums(root, exclude=[MANIFEST])
     for rel, digest in sorted(recorded.items()):
         if rel not in actual:
-            problems.append(f"{root / rel}: listed in the manifest but missing")
+            problems.append(f"{storage.join(root, rel)}: listed in the manifest but missing")
         elif actual[rel] != digest:
-            problems.append(f"{root / rel}: sha256 {actual[rel][:12]}… does not match the manifest's {digest[:12]}…")
+            problems.append(f"{storage.join(root, rel)}: sha256 {actual[rel][:12]}… does not match the "
+                            f"manifest's {digest[:12]}…")
     for rel in sorted(set(actual) - set(recorded)):
-        problems.append(f"{root / rel}: not listed in the manifest")
+        problems.append(f"{storage.join(root, rel)}: not listed in the manifest")
     return problems
 
 
-def verify_output(out: str | Path) -> list[str]:
+def verify_output(out: str) -> list[str]:
     """Every problem found in a compiled output directory (empty list: it is complete and intact)."""
-    out = Path(out)
-    top = out / MANIFEST
-    if not top.exists():
+    out = storage.resolve(out)
+    top = storage.join(out, MANIFEST)
+    if not storage.exists(top):
         return [f"{out}: no {MANIFEST}: not a complete flanpipe output (an interrupted compile leaves none)"]
     try:
-        manifest = json.loads(top.read_text())
+        manifest = read_json(top)
     except json.JSONDecodeError as e:
         return [f"{top}: not valid JSON ({e.msg})"]
-    problems = _check_files(out, manifest.get("files", {}), {MANIFEST})
-    partial = [p for p in out.rglob(f"*{TMP_SUFFIX}*")]
-    problems += [f"{p}: leftover temporary file" for p in partial]
+    problems = _check_files(out, manifest.get("files", {}))
+    problems += [f"{storage.join(out, rel)}: leftover temporary file" for rel in storage.list_files(out)
+                 if TMP_MARK in rel.rsplit("/", 1)[-1]]
     clusters = {d: info["cluster"] for d, info in manifest.get("datasets", {}).items()}
     for split in manifest.get("splits", []):
-        split_manifest_path = out / split / MANIFEST
-        if not split_manifest_path.exists():
-            problems.append(f"{split_manifest_path}: missing")
+        split_url = storage.join(out, split)
+        if not storage.exists(storage.join(split_url, MANIFEST)):
+            problems.append(f"{storage.join(split_url, MANIFEST)}: missing")
             continue
-        split_manifest = json.loads(split_manifest_path.read_text())
-        problems += _check_files(out / split, split_manifest.get("files", {}), {MANIFEST})
-        removed = set(split_manifest.get("removed_clusters", []))
-        examples = out / split / "examples"
-        seen = pq.read_table(examples, columns=["dataset"]).column("dataset").unique().to_pylist() \
-            if examples.exists() else []
-        leaked = sorted(d for d in seen if clusters.get(d) in removed)
+        split_manifest = read_json(storage.join(split_url, MANIFEST))
+        problems += _check_files(split_url, split_manifest.get("files", {}))
+        removed = split_manifest.get("removed_clusters", [])
+        leaked = leakage(clusters, removed, datasets_in_split(split_url))
         if leaked:
-            problems.append(f"{out / split}: leakage: train examples from {', '.join(leaked)}, whose clusters "
-                            f"({', '.join(sorted(removed))}) are held out of this split")
+            problems.append(f"{split_url}: leakage: train examples from {', '.join(leaked)}, whose clusters "
+                            f"({', '.join(removed)}) are held out of this split")
     return problems

@@ -1,82 +1,101 @@
-"""Atomic file writers (ArrayRecord, Parquet, JSON) and checksums; temp name, fsync, rename."""
+"""Atomic file writers (ArrayRecord, Parquet, JSON) and checksums, for any fsspec URL: temp name, then rename."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import tempfile
+import uuid
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from array_record.python.array_record_module import ArrayRecordWriter
 
-TMP_SUFFIX = ".partial"
+from flanpipe import storage
+
+TMP_MARK = ".partial"
 
 
-def _commit(tmp: Path, final: Path) -> None:
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def temp_url(final: str, *, unique: bool = False) -> str:
+    """The temp name a file is written under before its rename. ``unique`` for concurrent writers."""
+    suffix = f"{TMP_MARK}-{os.getpid()}-{uuid.uuid4().hex[:8]}" if unique else TMP_MARK
+    return final + suffix
 
 
-def _tmp(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return final.with_name(final.name + TMP_SUFFIX)
+def _commit(tmp: str, final: str) -> None:
+    storage.rename(tmp, final)
 
 
-def write_array_record(path: str | Path, records: Iterable[bytes]) -> int:
+def write_array_record(url: str, records: Iterable[bytes]) -> int:
     """Write serialized records to an ArrayRecord file atomically; returns the record count."""
-    final = Path(path)
-    tmp = _tmp(final)
-    # group_size:1 makes every record its own chunk: random access reads one record.
-    writer = ArrayRecordWriter(str(tmp), "group_size:1")
+    _parent(url)
+    local = storage.is_local(url)
+    if local:
+        tmp_local = temp_url(storage.filesystem(url)[1])
+    else:
+        fd, tmp_local = tempfile.mkstemp(suffix=".array_record")
+        os.close(fd)
+    # group_size:1 makes every record its own chunk: a random access reads one record.
+    writer = ArrayRecordWriter(tmp_local, "group_size:1")
     n = 0
     for record in records:
         writer.write(record)
         n += 1
     writer.close()
-    _commit(tmp, final)
+    if local:
+        _commit(tmp_local, url)
+    else:  # ArrayRecord writes only local files: upload under the temp name, then rename
+        tmp = temp_url(url)
+        storage.upload(tmp_local, tmp)
+        os.unlink(tmp_local)
+        _commit(tmp, url)
     return n
 
 
-def write_parquet(path: str | Path, table: pa.Table) -> None:
-    """Write a table to Parquet atomically (zstd, no timestamps, so equal tables give equal bytes)."""
-    final = Path(path)
-    tmp = _tmp(final)
-    pq.write_table(table, tmp, compression="zstd", use_dictionary=True, write_statistics=True)
-    _commit(tmp, final)
+def write_parquet(url: str, table: pa.Table, *, unique_tmp: bool = False) -> None:
+    """Write a table to Parquet atomically (zstd; no timestamps, so equal tables give equal bytes)."""
+    _parent(url)
+    tmp = temp_url(url, unique=unique_tmp)
+    with storage.open_file(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+    _commit(tmp, url)
 
 
-def write_json(path: str | Path, data: Any) -> None:
+def write_bytes(url: str, data: bytes, *, unique_tmp: bool = False) -> None:
+    """Write bytes atomically."""
+    _parent(url)
+    tmp = temp_url(url, unique=unique_tmp)
+    with storage.open_file(tmp, "wb") as f:
+        f.write(data)
+    _commit(tmp, url)
+
+
+def write_json(url: str, data: Any, *, unique_tmp: bool = False) -> None:
     """Write JSON (sorted keys, indented) atomically."""
-    final = Path(path)
-    tmp = _tmp(final)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    _commit(tmp, final)
+    write_bytes(url, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), unique_tmp=unique_tmp)
 
 
-def sha256_file(path: str | Path) -> str:
+def read_json(url: str) -> Any:
+    return json.loads(storage.read_text(url))
+
+
+def _parent(url: str) -> None:
+    storage.makedirs(url.rsplit("/", 1)[0] if "://" in url else os.path.dirname(url))
+
+
+def sha256_file(url: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_file(os.fspath(url), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def checksums(root: str | Path, exclude: Iterable[str] = ()) -> dict[str, str]:
-    """sha256 of every file under ``root`` (relative POSIX paths), except ``exclude`` and temp files."""
-    root = Path(root)
+def checksums(root: str, exclude: Iterable[str] = ()) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative '/' paths), except ``exclude`` and temp files."""
     skip = set(exclude)
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).as_posix() not in skip and not p.name.endswith(TMP_SUFFIX)}
+    return {rel: sha256_file(storage.join(root, rel)) for rel in storage.list_files(root)
+            if rel not in skip and TMP_MARK not in rel.rsplit("/", 1)[-1]}

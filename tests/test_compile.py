@@ -27,7 +27,7 @@ from compile_fixtures import make_world
 
 
 def _compile(world: Path, out: str, **kw):
-    opts = CompileOptions(out=world / out, cache_dir=kw.pop("cache_dir", world / "cache"),
+    opts = CompileOptions(out=str(world / out), cache_dir=str(kw.pop("cache_dir", world / "cache")),
                           templates=world / "templates", **kw)
     return run_compile(world / "pipeline.yaml", opts)
 

@@ -1,0 +1,110 @@
+"""File-system access by URL (local paths, gs://, memory://, ...) through fsspec, for outputs and the cache."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def resolve(url: str | os.PathLike[str]) -> str:
+    """A normalised URL: local paths become absolute; URLs with a scheme are kept as they are."""
+    text = os.fspath(url)
+    return text if "://" in text else os.path.abspath(text)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL path segments with '/' (local paths too)."""
+    return posixpath.join(base, *parts) if "://" in base else os.path.join(base, *parts)
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec file system holding ``url`` and the path within it."""
+    fs, path = fsspec.core.url_to_fs(resolve(url))
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    return isinstance(filesystem(url)[0], LocalFileSystem)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = filesystem(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def remove_tree(url: str) -> None:
+    """Delete a directory and everything in it (no error when it is absent)."""
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def remove(url: str) -> None:
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def open_file(url: str, mode: str = "rb") -> IO[Any]:
+    fs, path = filesystem(url)
+    return fs.open(path, mode)
+
+
+def read_bytes(url: str) -> bytes:
+    with open_file(url, "rb") as f:
+        return f.read()
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def list_files(url: str) -> list[str]:
+    """Every file under ``url``, as paths relative to it with '/' separators, sorted."""
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return []
+    root = path.rstrip("/")
+    return sorted(posixpath.relpath(p, root) if not isinstance(fs, LocalFileSystem) else os.path.relpath(p, root)
+                  .replace(os.sep, "/") for p in fs.find(root))
+
+
+def is_empty_dir(url: str) -> bool:
+    return not list_files(url)
+
+
+def rename(src: str, dst: str) -> None:
+    """Move ``src`` to ``dst``, replacing it; atomic on local disks (os.replace after fsync)."""
+    fs, src_path = filesystem(src)
+    _, dst_path = filesystem(dst)
+    if isinstance(fs, LocalFileSystem):
+        fd = os.open(src_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(src_path, dst_path)
+        dir_fd = os.open(os.path.dirname(dst_path), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return
+    if fs.exists(dst_path):
+        fs.rm(dst_path)
+    fs.mv(src_path, dst_path)
+
+
+def upload(local_path: str, url: str) -> None:
+    """Copy a local file to ``url`` (for writers that can only write local files, e.g. ArrayRecord)."""
+    fs, path = filesystem(url)
+    fs.put_file(local_path, path)
