@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from flanpipe import preview, validate as validation
+from flanpipe.collection import TEMPLATES_DIR
 from flanpipe.errors import CompileError
-from flanpipe.compiler import DEFAULT_CACHE, CompileOptions, run_compile
+from flanpipe.compiler import DEFAULT_CACHE, CompileOptions, describe_compile, run_compile
 from flanpipe.plan import load_plan
 from flanpipe.report import compile_table, plan_table, rates_table
 from flanpipe.verify import verify_output
@@ -133,10 +134,24 @@ def compile_(
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
     beam_arg: Annotated[Optional[list[str]], typer.Option("--beam-arg", help="Extra Beam pipeline option, "
                                                           "repeatable, e.g. --beam-arg=--project=p.")] = None,
+    dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="dask.distributed scheduler "
+                                                        "(default: start a local cluster).")] = None,
+    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, "
+                                            "taxonomy).")] = TEMPLATES_DIR,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check inputs and print the job's stages; "
+                                          "run nothing.")] = False,
 ) -> None:
     """Compile a pipeline into packed ArrayRecord + Parquet mixtures, one per held-out split."""
     options = CompileOptions(out=str(out), runner=runner, workers=workers, mode=mode, splits=tuple(split or ()),
-                             cache_dir=str(cache_dir), overwrite=overwrite, beam_args=tuple(beam_arg or ()))
+                             cache_dir=str(cache_dir), overwrite=overwrite, beam_args=tuple(beam_arg or ()),
+                             dask_address=dask_address, templates=templates)
+    if dry_run:
+        try:
+            stages = describe_compile(pipeline, options)
+        except CompileError as e:
+            _fail(e)
+        console.print(f"{runner} job, {len(stages)} stages:\n  " + "\n  ".join(stages), highlight=False)
+        return
     say = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
     try:
         result = run_compile(pipeline, options, progress=say)

@@ -14,10 +14,8 @@ from typing import Any
 
 
 from flanpipe import __version__
-from apache_beam.metrics.metric import MetricsFilter
-
-from flanpipe.beam.job import CACHE_MISS_NAMESPACE, build
-from flanpipe.beam.runner import make_pipeline
+from flanpipe.beam.job import build
+from flanpipe.beam.runner import describe_job, run_job
 from flanpipe import cache, storage
 from flanpipe.cache import DatasetJob
 from flanpipe.collection import TEMPLATES_DIR
@@ -26,7 +24,7 @@ from flanpipe.mixing import mixing_rates
 from flanpipe.plan import Plan, load_plan
 from flanpipe.prepare import RenderSettings
 from flanpipe.schema import RecordLayout
-from flanpipe.shards import STATS_DIR, JobContext, SplitJob
+from flanpipe.shards import STATS_DIR, JobContext, SplitJob, shard_name
 from flanpipe.sources import source_fingerprint
 from flanpipe.spec import ExamplesSize
 from flanpipe.tokenizer import Tokenizer
@@ -57,6 +55,7 @@ class CompileOptions:
     overwrite: bool = False
     templates: Path = TEMPLATES_DIR
     beam_args: tuple[str, ...] = ()
+    dask_address: str | None = None
 
 
 def tokenizer_path(plan: Plan) -> Path:
@@ -104,6 +103,18 @@ def _check_out_dir(out: str, name: str, overwrite: bool) -> None:
                           f"pass --overwrite")
 
 
+def describe_compile(pipeline: str | Path, options: CompileOptions) -> list[str]:
+    """The Beam stages a compile would run on ``options.runner`` (with its options), without running it.
+
+    Checks the same inputs as a real compile (pipeline, tokenizer, sources) but writes nothing.
+    """
+    plan = load_plan(pipeline, templates=options.templates, only=list(options.splits) or None)
+    tokenizer = Tokenizer.from_file(tokenizer_path(plan))
+    jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
+    ctx = _context(plan, storage.resolve(options.out), jobs)
+    return describe_job(lambda p: build(p, ctx), options.runner, beam_args=options.beam_args)
+
+
 def run_compile(pipeline: str | Path, options: CompileOptions,
                 progress: Callable[[str], None] = lambda msg: None) -> CompileResult:
     """Compile a pipeline into ``options.out``; returns the top-level manifest and the cache misses.
@@ -120,20 +131,18 @@ def run_compile(pipeline: str | Path, options: CompileOptions,
     jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
     digest = pipeline_hash(plan, tokenizer, jobs)
     resolved = {"name": plan.pipeline.name, "hash": digest, "resolved": plan.pipeline.model_dump(mode="json"),
-                "file": str(plan.pipeline_path)}
+                "file": plan.pipeline_path.name}
     storage.remove(storage.join(out, MANIFEST))  # the output is about to change: it must not look complete
     storage.makedirs(out)
     for split in plan.splits:  # stale files of an interrupted or earlier compile
         storage.remove_tree(storage.join(out, split.name))
     write_json(storage.join(out, IN_PROGRESS), {"pipeline": resolved})
+    # Read before the job, not from Beam metrics: not every runner reports metrics (DaskRunner does not).
+    misses = sorted(n for n, j in jobs.items() if not storage.exists(j.file("meta.json")))
     ctx = _context(plan, out, jobs)
     progress(f"running the Beam job ({options.runner}, {len(jobs)} datasets, {len(plan.splits)} splits)")
-    p = make_pipeline(options.runner, workers=options.workers, mode=options.mode, beam_args=options.beam_args)
-    build(p, ctx)
-    result = p.run()
-    result.wait_until_finish()
-    misses = sorted(r.key.metric.name for r in result.metrics().query(
-        MetricsFilter().with_namespace(CACHE_MISS_NAMESPACE))["counters"] if r.committed or r.attempted)
+    run_job(lambda p: build(p, ctx), options.runner, workers=options.workers, mode=options.mode,
+            beam_args=options.beam_args, dask_address=options.dask_address)
     progress("writing manifests")
     write_bytes(storage.join(out, TOKENIZER_FILE), tokenizer.model_proto)
     kept = {n: cache.prepare(j)["counts"]["kept"] for n, j in jobs.items()}  # cache hits: reads meta.json
@@ -141,7 +150,7 @@ def run_compile(pipeline: str | Path, options: CompileOptions,
     manifest = {
         "format": FORMAT, "pipeline": resolved,
         "tokenizer": {"file": TOKENIZER_FILE, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
-                      "source": str(tok_path)},
+                      "source": tok_path.name},
         "versions": _versions(), "splits": [s.name for s in ctx.splits],
         "datasets": {n: {"cache_key": j.key, "cluster": j.spec.cluster} for n, j in sorted(jobs.items())},
         "summary": {n: m["summary"] for n, m in split_manifests.items()},
@@ -170,6 +179,13 @@ def _finish_split(out: str, split: SplitJob, plan: Plan, tokenizer: Tokenizer, k
     base = storage.join(out, split.name)
     files = storage.list_files(base)
     stats = [read_json(storage.join(base, f)) for f in files if f.startswith(STATS_DIR + "/")]
+    expected = {f"{STATS_DIR}/{shard_name(k, plan.pipeline.output.shards)}.json"
+                for k in range(plan.pipeline.output.shards)}
+    missing = sorted(expected - set(files)) + sorted(f"eval/{d}.parquet" for d in split.eval
+                                                     if f"eval/{d}.parquet" not in files)
+    if missing:  # a runner that silently skipped work must not yield a complete-looking output
+        raise OutputError(f"{base}: the Beam job finished without writing {', '.join(missing)}; "
+                          f"no manifest written")
     clusters = {d: s.cluster for d, s in plan.collection.datasets.items()}
     leaked = leakage(clusters, split.removed, datasets_in_split(base))
     if leaked:

@@ -1,0 +1,246 @@
+"""Statistics of one compiled split: planned vs realized counts, lengths, truncation, packing, templates, options."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flanpipe.mixing import allocate
+from flanpipe.spec import OptionsFormat
+from flanpipe.templates import options_suffix
+
+# Columns of examples/*.parquet the statistics need (the text columns stay out of memory).
+SMALL_COLUMNS = ("dataset", "cluster", "example_key", "variant", "template", "turned", "input_tokens",
+                 "target_tokens", "input_truncated", "target_truncated")
+HISTOGRAM_BINS = 32
+MAX_LISTED = 50  # example ids listed per dataset (e.g. targets cut); counts are always complete
+
+
+def split_options(inputs: str, fmt: OptionsFormat) -> tuple[str, list[str] | None]:
+    """Split a rendered input into (body, options); options is None when it has no OPTIONS suffix.
+
+    The suffix is parsed with the pipeline's ``options_format`` and accepted only when re-rendering the
+    parsed options gives back exactly the same suffix, so an input that merely mentions the header
+    text is not mistaken for one with options.
+
+    Example:
+      >>> split_options("Is it?\\n\\nOPTIONS:\\n- yes\\n- no", OptionsFormat(header="\\n\\nOPTIONS:", item="\\n- {option}"))
+      ('Is it?', ['yes', 'no'])
+    """
+    if not fmt.header or "{option}" not in fmt.item:
+        return inputs, None
+    at = inputs.rfind(fmt.header)
+    if at < 0:
+        return inputs, None
+    pre, post = fmt.item.split("{option}", 1)
+    rest = inputs[at + len(fmt.header):]
+    if not rest.startswith(pre):
+        return inputs, None
+    rest = rest[len(pre):]
+    if post and rest.endswith(post):
+        rest = rest[:-len(post)]
+    options = rest.split(post + pre) if post + pre else [rest]
+    if inputs[at:] != options_suffix(options, fmt):
+        return inputs, None
+    return inputs[:at], options
+
+
+def distribution(values: np.ndarray, edges: np.ndarray | None = None) -> dict[str, Any]:
+    """count, mean, min, p50, p90, p99 and max of ``values`` (and a histogram over ``edges`` if given)."""
+    out: dict[str, Any] = {"count": int(len(values))}
+    if len(values) == 0:
+        out.update(mean=None, min=None, p50=None, p90=None, p99=None, max=None)
+    else:
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        out.update(mean=round(float(values.mean()), 3), min=int(values.min()), p50=float(p50), p90=float(p90),
+                   p99=float(p99), max=int(values.max()))
+    if edges is not None:
+        counts, _ = np.histogram(values, bins=edges)
+        out["histogram"] = {"edges": [int(e) for e in edges], "counts": counts.tolist()}
+    return out
+
+
+def length_edges(maximum: int, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Integer histogram edges covering 0..maximum (token lengths include the EOS)."""
+    return np.unique(np.linspace(0, maximum + 1, bins + 1).round().astype(np.int64))
+
+
+def option_balance(labels: Mapping[str, int], positions: Mapping[int, int]) -> dict[str, Any]:
+    """How evenly classification targets spread over options: by option text and by option position.
+
+    ``majority_share`` is the share of the most common answer; ``entropy_ratio`` is the entropy of the
+    answer distribution over the entropy of a uniform one (1.0 = perfectly balanced).
+    """
+    total = sum(labels.values())
+    counts = np.array(list(labels.values()), dtype=np.float64)
+    entropy = 0.0
+    if total and len(counts) > 1:
+        p = counts[counts > 0] / total
+        entropy = float(-(p * np.log(p)).sum() / math.log(len(counts)))
+    top = sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {"rows": total, "labels": dict(top[:20]), "distinct_labels": len(labels),
+            "positions": {str(k): v for k, v in sorted(positions.items())},
+            "majority_share": round(top[0][1] / total, 4) if total else None,
+            "entropy_ratio": round(entropy, 4) if total else None}
+
+
+class SplitStats:
+    """Accumulates one split's statistics shard by shard; ``result`` turns them into the audit's JSON."""
+
+    def __init__(self, manifest: Mapping[str, Any], fmt: OptionsFormat, clusters: Mapping[str, str]):
+        self.manifest, self.fmt, self.clusters = manifest, fmt, clusters
+        self.tables: list[pa.Table] = []
+        self.labels: dict[str, Counter[str]] = defaultdict(Counter)
+        self.positions: dict[str, Counter[int]] = defaultdict(Counter)
+        self.shards: list[dict[str, Any]] = []
+        self.eval: dict[str, dict[str, Any]] = {}
+
+    def add_examples(self, table: pa.Table) -> None:
+        """One examples/*.parquet shard (with its text columns, used for the option balance)."""
+        self.tables.append(table.select(list(SMALL_COLUMNS)))
+        for dataset, inputs, targets, turned in zip(table["dataset"].to_pylist(), table["inputs"].to_pylist(),
+                                                    table["targets"].to_pylist(), table["turned"].to_pylist()):
+            if turned:
+                continue
+            _, options = split_options(inputs, self.fmt)
+            if options is not None:
+                self.labels[dataset][targets] += 1
+                self.positions[dataset][options.index(targets) if targets in options else -1] += 1
+
+    def add_packed(self, name: str, table: pa.Table, sequence_length: int) -> None:
+        """One train/*.parquet shard: rows, non-padding tokens and packing efficiency (as the compiler defines it)."""
+        tokens = 0
+        fill = {}
+        for column in table.column_names:
+            if column.endswith("_segment_ids"):
+                flat = pc.list_flatten(table[column])
+                nonpad = int(pc.sum(pc.not_equal(flat, 0)).as_py() or 0)
+                tokens += nonpad
+                fill[column.removesuffix("_segment_ids")] = nonpad / len(flat) if len(flat) else 0.0
+        rows = table.num_rows
+        self.shards.append({"file": name, "rows": rows, "tokens": tokens,
+                            "packing_efficiency": tokens / (rows * sequence_length) if rows else 0.0, "fill": fill})
+
+    def add_eval(self, dataset: str, table: pa.Table, info: Mapping[str, Any]) -> None:
+        """One eval/<dataset>.parquet file."""
+        keys: dict[str, set[str]] = defaultdict(set)
+        for key, split in zip(table["example_key"].to_pylist(), table["split"].to_pylist()):
+            keys[split].add(key)
+        per_split = {s: len(k) for s, k in sorted(keys.items())}
+        labels: Counter[str] = Counter()
+        positions: Counter[int] = Counter()
+        for target, options, answer in zip(table["targets"].to_pylist(), table["options"].to_pylist(),
+                                           table["answer_index"].to_pylist()):
+            if options:
+                labels[target] += 1
+                positions[answer] += 1
+        self.eval[dataset] = {
+            "file": info.get("file"), "kind": info.get("kind"), "metric": info.get("metric"), "rows": table.num_rows,
+            "examples": per_split, "templates": len(set(table["template"].to_pylist())),
+            "turned_rows": int(pc.sum(table["turned"]).as_py() or 0),
+            "options": option_balance(labels, positions) if labels else None,
+        }
+
+    def result(self) -> dict[str, Any]:
+        """The split's statistics (see docs/audit.md, ``splits.<split>``)."""
+        m = self.manifest
+        table = pa.concat_tables(self.tables) if self.tables else pa.table(
+            {c: pa.array([], pa.string()) for c in SMALL_COLUMNS})
+        cols = {c: table[c].to_numpy(zero_copy_only=False) for c in SMALL_COLUMNS}
+        total = len(cols["dataset"])
+        lengths = m.get("lengths", {})
+        in_edges = length_edges(int(lengths.get("inputs", 1)))
+        out_edges = length_edges(int(lengths.get("targets", 1)))
+        planned_rates: dict[str, float] = m.get("planned_rates", {})
+        planned = allocate(planned_rates, total) if planned_rates and total else {}
+        datasets = {}
+        names = sorted(set(planned_rates) | set(cols["dataset"].tolist()))
+        for d in names:
+            datasets[d] = self._dataset(d, cols, planned.get(d, 0), planned_rates.get(d, 0.0), total)
+        clusters: dict[str, dict[str, Any]] = {}
+        for d, info in datasets.items():
+            c = clusters.setdefault(info["cluster"], {"planned": 0, "realized": 0, "tokens": 0, "datasets": 0,
+                                                      "input_truncated": 0, "target_truncated": 0})
+            c["datasets"] += 1
+            for key in ("planned", "realized", "tokens", "input_truncated", "target_truncated"):
+                c[key] += info[key]
+        for c in clusters.values():
+            c["planned_share"] = c["planned"] / total if total else 0.0
+            c["realized_share"] = c["realized"] / total if total else 0.0
+        rows = sum(s["rows"] for s in self.shards)
+        tokens_packed = sum(s["tokens"] for s in self.shards)
+        seq = _sequence_length(m)
+        tokens = int(cols["input_tokens"].astype(np.int64).sum() + cols["target_tokens"].astype(np.int64).sum())
+        summary = {"examples": total, "rows": rows, "tokens": tokens,
+                   "packing_efficiency": tokens_packed / (rows * seq) if rows else 0.0,
+                   "input_truncated": int(cols["input_truncated"].astype(bool).sum()),
+                   "target_truncated": int(cols["target_truncated"].astype(bool).sum()),
+                   "turned": int(cols["turned"].astype(bool).sum())}
+        recorded = m.get("summary", {})
+        mismatches = [f"{k}: data {summary[k]!r}, manifest {recorded[k]!r}" for k in summary
+                      if k in recorded and not _close(summary[k], recorded[k])]
+        return {
+            "removed_clusters": list(m.get("removed_clusters", [])),
+            "summary": summary, "manifest_mismatches": mismatches,
+            "lengths": {"input_tokens": distribution(cols["input_tokens"].astype(np.int64), in_edges),
+                        "target_tokens": distribution(cols["target_tokens"].astype(np.int64), out_edges)},
+            "clusters": dict(sorted(clusters.items())), "datasets": datasets,
+            "shards": sorted(self.shards, key=lambda s: s["file"]),
+            "eval": dict(sorted(self.eval.items())),
+        }
+
+    def _dataset(self, d: str, cols: Mapping[str, np.ndarray], planned: int, rate: float, total: int
+                 ) -> dict[str, Any]:
+        mask = cols["dataset"] == d
+        n = int(mask.sum())
+        inp, tgt = cols["input_tokens"][mask].astype(np.int64), cols["target_tokens"][mask].astype(np.int64)
+        turned = cols["turned"][mask].astype(bool)
+        cut_targets = cols["target_truncated"][mask].astype(bool)
+        keys = cols["example_key"][mask]
+        templates: dict[str, dict[str, Any]] = {}
+        for t, is_turned in zip(cols["template"][mask].tolist(), turned.tolist()):
+            entry = templates.setdefault(str(t), {"examples": 0, "turned": is_turned})
+            entry["examples"] += 1
+        templates = dict(sorted(templates.items(), key=lambda kv: int(kv[0])))
+        expected = n / len(templates) if templates else 0.0
+        for entry in templates.values():
+            entry["share"] = entry["examples"] / n
+            entry["expected"] = round(expected, 3)
+        labels = self.labels.get(d)
+        return {
+            "cluster": self.clusters.get(d, _first(cols["cluster"][mask]) or "?"),
+            "available": self.manifest.get("train_examples_available", {}).get(d),
+            "planned": planned, "realized": n, "planned_rate": rate, "realized_rate": n / total if total else 0.0,
+            "distinct_examples": len(set(keys.tolist())),
+            "repeated_uses": int((cols["variant"][mask].astype(np.int64) > 0).sum()),
+            "tokens": int(inp.sum() + tgt.sum()),
+            "input_tokens": distribution(inp), "target_tokens": distribution(tgt),
+            "input_truncated": int(cols["input_truncated"][mask].astype(bool).sum()),
+            "target_truncated": int(cut_targets.sum()),
+            "truncated_targets": sorted(set(keys[cut_targets].tolist()))[:MAX_LISTED],
+            "turned": int(turned.sum()), "turned_share": float(turned.mean()) if n else 0.0,
+            "templates": templates,
+            "options": option_balance(labels, self.positions[d]) if labels else None,
+        }
+
+
+def _sequence_length(m: Mapping[str, Any]) -> int:
+    lengths = m.get("lengths", {})
+    inputs, targets = int(lengths.get("inputs", 0)), int(lengths.get("targets", 0))
+    return inputs + targets if m.get("layout", "decoder_only") == "decoder_only" else max(inputs, targets)
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return bool(a == b)
+
+
+def _first(values: Sequence[Any]) -> Any:
+    return values[0] if len(values) else None
