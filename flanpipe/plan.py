@@ -57,9 +57,7 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
       templates: the templates directory.
       only: build only these split names (``--split``); None builds all.
     """
-    pipeline, located = load_pipeline(pipeline_path)
-    collection = load_collection(templates)
-    _check_names(pipeline, located, collection)
+    pipeline, located, collection = check_pipeline(pipeline_path, templates=templates)
     groups = {split_name(h): [h] if isinstance(h, str) else list(h) for h in pipeline.held_out}
     held = list(groups) + ([ALL_SPLIT] if pipeline.include_all else [])
     if only:
@@ -91,6 +89,15 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
         allocation = allocate(rates, size.examples) if isinstance(size, ExamplesSize) else {}
         splits.append(SplitPlan(name, removed, train, evals, rates, allocation))
     return Plan(pipeline, Path(pipeline_path).resolve(), collection, counts, tuple(splits))
+
+
+def check_pipeline(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DIR
+                   ) -> tuple[PipelineSpec, Located, Collection]:
+    """Load a pipeline and the collection and check every name the pipeline uses (no data is read)."""
+    pipeline, located = load_pipeline(pipeline_path)
+    collection = load_collection(templates)
+    _check_names(pipeline, located, collection)
+    return pipeline, located, collection
 
 
 def split_name(held_out: str | list[str]) -> str:

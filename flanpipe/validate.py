@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flanpipe.collection import TEMPLATES_DIR, dataset_files, load_collection
 from flanpipe.errors import CompileError
-from flanpipe.plan import load_plan
+from flanpipe.plan import check_pipeline
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
@@ -31,7 +31,7 @@ def validate_paths(paths: Sequence[Path]) -> tuple[list[CompileError], int]:
         else:
             checked += 1
             try:
-                load_plan(path)
+                check_pipeline(path)
             except CompileError as e:
                 problems.append(e)
     return problems, checked
