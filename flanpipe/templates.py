@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,13 @@ class CompiledDataset:
 
     def _parse(self, source: str, known: Sequence[str], loc: tuple[str | int, ...]) -> None:
         try:
-            ast = _ENV.parse(source)
+            # Escape sequences Python deprecates (e.g. '\s' in a Jinja string) fail now, not
+            # in a later Python: ask for '\\s' in the string instead.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", DeprecationWarning)
+                ast = _ENV.parse(source)
+        except DeprecationWarning as e:
+            self._fail(loc, f"{e} in a Jinja2 string literal (write a doubled backslash)")
         except jinja2.TemplateSyntaxError as e:
             self._fail(loc, f"Jinja2 syntax error on template line {e.lineno}: {e.message}", e.lineno)
         for var in sorted(meta.find_undeclared_variables(ast)):
