@@ -189,3 +189,35 @@ def test_sigkill_midway_leaves_nothing_that_verifies_and_rerun_matches(tmp_path)
     subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), "clean", "cache-c"], env=env, check=True)
     assert verify_output(tmp_path / "killed") == []
     assert _files(tmp_path / "killed") == _files(tmp_path / "clean")
+
+
+FEWSHOT = """
+fewshot:
+  max_exemplars: 4
+  max_tokens: 200
+  input_target_separator: "\\nAnswer: "
+  exemplar_separator: "\\n\\n"
+"""
+
+
+def test_fewshot_pipeline_builds_fewshot_train_and_eval_sets(tmp_path):
+    make_world(tmp_path, pipeline_extra=FEWSHOT)
+    result = _compile(tmp_path, "out")
+    split = json.loads((tmp_path / "out" / "sentiment" / "manifest.json").read_text())
+    assert set(split["fewshot_eval"]) == {"senti"}
+    zero = pq.read_table(tmp_path / "out" / "sentiment" / "eval" / "senti.parquet").to_pylist()
+    few = pq.read_table(tmp_path / "out" / "sentiment" / "fewshot_eval" / "senti.parquet").to_pylist()
+    assert len(few) == len(zero)
+    tok = Tokenizer.from_file(tmp_path / "out" / "tokenizer.model")
+    with_shots = 0
+    for z, f in zip(zero, few):
+        assert f["inputs"].endswith(z["inputs"]) and f["targets"] == z["targets"]
+        prefix = f["inputs"][: -len(z["inputs"])]
+        if prefix:
+            with_shots += 1
+            assert "\nAnswer: " in prefix
+            assert len(tok.encode_batch([prefix])[0]) <= 200 - len(tok.encode_batch([z["inputs"]])[0])
+    assert with_shots > len(few) // 2
+    examples = pq.read_table(tmp_path / "out" / "natural_language_inference" / "examples").to_pylist()
+    assert sum("\nAnswer: " in e["inputs"] for e in examples) > len(examples) // 2
+    assert result.manifest["pipeline"]["resolved"]["fewshot"]["max_exemplars"] == 4
