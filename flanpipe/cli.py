@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flanpipe import preview, validate as validation
+from flanpipe.audit import AuditSettings, audit_table, run_audit
 from flanpipe.collection import TEMPLATES_DIR
 from flanpipe.errors import CompileError
 from flanpipe.compiler import DEFAULT_CACHE, CompileOptions, describe_compile, run_compile
@@ -23,6 +24,8 @@ from flanpipe.vocab import train_from_collection
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compile FLAN-style instruction-tuning data.")
 console = Console()
+if not console.is_terminal:  # piped or captured: no terminal width to fit, so do not squeeze tables
+    console = Console(width=120)
 err_console = Console(stderr=True)
 _STATE = {"debug": False}
 
@@ -175,6 +178,24 @@ def verify(out: Annotated[str, typer.Argument(help="A compiled output directory 
     if problems:
         raise typer.Exit(1)
     console.print(f"[green]✓[/] {out}: every checksum matches, no leakage")
+
+
+@app.command()
+def audit(out: Annotated[Path, typer.Argument(help="A compiled output directory.")],
+          html: Annotated[Optional[Path], typer.Option(help="Write the self-contained HTML report here.")] = None,
+          json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the audit JSON here.")] = None,
+          error: Annotated[Optional[list[str]], typer.Option(help="Also fail on this rule (repeatable).")] = None,
+          allow: Annotated[Optional[list[str]], typer.Option(help="Do not fail on this rule (repeatable).")] = None,
+          ngram: Annotated[int, typer.Option(help="Words per contamination n-gram.")] = 13) -> None:
+    """Statistics, lint, leakage and n-gram contamination of a compiled output; exit 1 if an error rule fires."""
+    try:
+        document = run_audit(out, AuditSettings.of(errors=error, allowed=allow, ngram=ngram), html=html,
+                             json_path=json_out, progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
+    except CompileError as e:
+        _fail(e)
+    console.print(audit_table(document))
+    if document["status"]["failed"]:
+        raise typer.Exit(1)
 
 
 def run() -> None:

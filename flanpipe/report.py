@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from flanpipe.plan import Plan, SplitPlan
@@ -60,9 +61,10 @@ def summary_table(title: str, rows: list[Mapping[str, Any]]) -> Table:
 def compile_table(manifest: Mapping[str, Any]) -> Table:
     """One row per compiled split: examples, rows, tokens, packing efficiency, truncations."""
     table = Table(title=f"compiled {manifest['pipeline']['name']} ({manifest['pipeline']['hash'][:12]})")
-    for col in ("split", "examples", "packed rows", "tokens", "packing efficiency", "inputs truncated",
-                "targets truncated"):
-        table.add_column(col, justify="left" if col == "split" else "right")
+    table.box = box.SIMPLE
+    table.add_column("split", no_wrap=True)
+    for col in ("examples", "rows", "tokens", "packing", "in cut", "tgt cut"):
+        table.add_column(col, justify="right", no_wrap=True)
     for name, s in manifest["summary"].items():
         table.add_row(name, f"{s['examples']:,}", f"{s['rows']:,}", f"{s['tokens']:,}",
                       f"{s['packing_efficiency']:.2%}", f"{s['input_truncated']:,}", f"{s['target_truncated']:,}")
