@@ -27,6 +27,7 @@ from flanpipe.schema import RecordLayout
 from flanpipe.shards import STATS_DIR, JobContext, SplitJob, shard_name
 from flanpipe.sources import source_fingerprint
 from flanpipe.spec import ExamplesSize
+from flanpipe.tfds_export import tfds_name, write_tfds_metadata
 from flanpipe.tokenizer import Tokenizer
 from flanpipe.verify import datasets_in_split, leakage
 from flanpipe.writers import checksums, read_json, sha256_file, write_bytes, write_json
@@ -210,6 +211,8 @@ def _finish_split(out: str, split: SplitJob, plan: Plan, tokenizer: Tokenizer, k
                "target_truncated": sum(s["target_truncated"] for s in stats),
                "turned": sum(s["turned"] for s in stats)}
     storage.remove_tree(storage.join(base, STATS_DIR))
+    write_tfds_metadata(base, layout, shard_lengths=[s["rows"] for s in sorted(stats, key=lambda s: s["shard"])],
+                        name=tfds_name(plan.pipeline.name, split.name))
     manifest = {
         "format": FORMAT, "split": split.name, "layout": plan.pipeline.layout,
         "lengths": {"inputs": layout.inputs_length, "targets": layout.targets_length},

@@ -63,8 +63,8 @@ def tfds_metadata(layout: RecordLayout, shard_lengths: Sequence[int], *, name: s
 
     Pure: no file is read or written. Every feature of ``layout`` becomes
     ``tfds.features.Tensor(shape=(length,), dtype=int64)`` in a FeaturesDict, the JSON TFDS's own
-    ``FeaturesDict.to_json()`` gives. ``disableShuffling`` is set: the compiled row order is part of
-    the output, and tf.data readers then keep it (``shuffle_files`` is ignored with a warning).
+    ``FeaturesDict.to_json()`` gives. Only ``as_data_source`` can read it: tfds 4.9.10's ArrayRecord
+    adapter does not implement tf.data (``as_dataset``) at all.
 
     Args:
       layout: the packed-record layout of the split.
@@ -94,7 +94,6 @@ def tfds_metadata(layout: RecordLayout, shard_lengths: Sequence[int], *, name: s
         "version": VERSION,
         "description": description,
         "fileFormat": "array_record",
-        "disableShuffling": True,
         "splits": [{
             "name": TRAIN_SPLIT,
             "filepathTemplate": SHARD_TEMPLATE,
@@ -113,8 +112,8 @@ def tfds_metadata(layout: RecordLayout, shard_lengths: Sequence[int], *, name: s
     return {DATASET_INFO: info, FEATURES: spec}
 
 
-def write_tfds_metadata(split_dir: str | os.PathLike[str], layout: RecordLayout, shard_lengths: Sequence[int],
-                        *, name: str) -> list[str]:
+def write_tfds_metadata(split_dir: str | os.PathLike[str], layout: RecordLayout, *, shard_lengths: Sequence[int],
+                        name: str) -> list[str]:
     """Check the split's shards against ``shard_lengths`` and write the TFDS metadata files beside them.
 
     Call it before the split's manifest checksums are computed, so the files are listed there.

@@ -61,7 +61,13 @@ def run_job(build: Callable[[beam.Pipeline], None], runner: str, *, workers: int
         with _dask_client_address(dask_address, workers) as address:
             p = make_pipeline(runner, beam_args=beam_args, dask_address=address)
             build(p)
-            p.run().wait_until_finish()
+            result = p.run()
+            try:
+                result.wait_until_finish()
+            finally:
+                # DaskRunner opens a Client it never closes; close it before the cluster goes,
+                # or it keeps trying to reconnect and logs errors after a successful job.
+                result.client.close()
         return
     p = make_pipeline(runner, workers=workers, mode=mode, beam_args=beam_args)
     build(p)
