@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,18 +106,30 @@ def prepare(job: DatasetJob) -> dict[str, Any]:
     return {**meta, "cache": "miss"}
 
 
+# Every held-out split reads the same variant tables: keep the most recent ones per worker process.
+_RECENT: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()
+_RECENT_MAX = 32
+
+
 def train_variant(job: DatasetJob, variant: int) -> pa.Table:
     """The cached table of one train variant, rendering it first when missing.
 
     Variants beyond the templates available repeat (variant mod 10, or 0 without templates).
     """
     variant %= variants_available(job.settings)
+    memo = (job.key, variant)
+    if memo in _RECENT:
+        _RECENT.move_to_end(memo)
+        return _RECENT[memo]
     path = job.file(f"train-v{variant}.parquet")
     if not storage.exists(path):
         compiled = CompiledDataset(job.spec, cluster_title=job.cluster_title)
         train, _ = _kept_train(job, compiled)
         _atomic_parquet(path, render_train(compiled, train, variant, job.settings, job.tokenizer))
-    return _read_parquet(path)
+    table = _RECENT[memo] = _read_parquet(path)
+    while len(_RECENT) > _RECENT_MAX:
+        _RECENT.popitem(last=False)
+    return table
 
 
 def eval_table(job: DatasetJob, *, fewshot: bool = False) -> pa.Table | None:
