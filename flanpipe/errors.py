@@ -45,6 +45,10 @@ class OutputError(CompileError):
     """The output directory is unusable or its contents fail verification."""
 
 
+class AuditError(CompileError):
+    """An audit option is invalid (unknown rule name, bad n-gram size)."""
+
+
 def did_you_mean(name: str, choices: list[str] | set[str] | tuple[str, ...], n: int = 3) -> str:
     """Return ' (did you mean X?)' for the closest known names, or '' when nothing is close."""
     close = difflib.get_close_matches(name, sorted(choices), n=n, cutoff=0.6)

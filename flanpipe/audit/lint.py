@@ -6,6 +6,7 @@ import heapq
 import math
 import re
 import statistics
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,13 +61,14 @@ class LintSettings:
     label_min_rows: int = 20
     collapse_ratio: float = 0.5
     collapse_min_examples: int = 5
+    template_sample: int = 1000
     outlier_z: float = 5.0
-    outlier_ratio: float = 4.0
+    outlier_ratio: float = 8.0
     outlier_min_rows: int = 20
 
 
 def normalize(text: str) -> str:
-    """Lowercase, words only, single spaces: the form texts are compared in for leaks and labels."""
+    """Lowercase, words only, single spaces: the form in which targets are compared as class labels."""
     return _NON_WORD.sub(" ", text.lower()).strip()
 
 
@@ -96,7 +98,9 @@ class Hits:
 @dataclass
 class _Template:
     rows: int = 0
-    leak_rows: int = 0
+    turned: bool = False
+    leak_rows: int = 0  # rows whose input names the target and no other option
+    mislead_rows: int = 0  # rows whose input names another option but not the target
     keys: set[int] = field(default_factory=set)
     bodies: dict[int, str] = field(default_factory=dict)  # body hash -> first example key
     targets: set[int] = field(default_factory=set)
@@ -108,17 +112,18 @@ class _Group:
     def __init__(self, dataset: str, source: str, keep: int):
         self.dataset, self.source, self.keep = dataset, source, keep
         self.rows = 0
-        self.seen: set[int] = set()
         self.templates: dict[int, _Template] = defaultdict(_Template)
         self.hits: dict[tuple[str, int | None], Hits] = {}
         self.firsts: dict[int, list[dict[str, Any]]] = defaultdict(list)  # template -> first rows
         self.codepoints: Counter[str] = Counter()
         self.texts: dict[int, str] = {}  # hash of (input, target) -> first example key
+        self.repeats: Counter[int] = Counter()  # rows beyond the first of a text
+        self.shared: set[int] = set()  # texts of two or more examples
         self.non_turned = self.with_suffix = 0
         self.labels: Counter[str] | None = Counter()
         self.label_rows: list[dict[str, Any]] = []
-        self.lengths: dict[str, list[int]] = {"input": [], "target": []}
-        self.extremes: dict[str, list[tuple[int, int, dict[str, Any]]]] = defaultdict(list)
+        self.lengths: dict[str, array[int]] = defaultdict(lambda: array("I"))
+        self.extremes: dict[str, list[tuple[int, int, int, dict[str, Any]]]] = defaultdict(list)
         self.samples: dict[int, dict[str, Any]] = {}
 
     def hit(self, rule: str, template: int | None = None) -> Hits:
@@ -133,25 +138,24 @@ class Lint:
         self.groups: dict[tuple[str, str], _Group] = {}
 
     def add_rows(self, rows: Iterable[Mapping[str, Any]], *, split: str, source: str) -> None:
-        """Rows of examples/*.parquet (source "train") or eval/<dataset>.parquet (source "eval")."""
+        """Rows of examples/*.parquet (source "train") or eval/<dataset>.parquet (source "eval").
+
+        Each row must come once: pass a dataset's train rows from one split and each eval set once
+        (``audit_output`` picks, per dataset, the split whose mixture holds the most of its rows).
+        """
         for r in rows:
             dataset = r["dataset"]
             group = self.groups.get((dataset, source))
             if group is None:
                 group = self.groups[(dataset, source)] = _Group(dataset, source, self.settings.examples)
             variant = r.get("variant", 0) or 0
-            if source == "train":
-                marker = hash((r["example_key"], variant))
-                if marker in group.seen:  # the same use of an example in another split's mixture
-                    continue
-                group.seen.add(marker)
             self._row(group, r, split if source == "train" else r["split"], variant)
 
     def _row(self, g: _Group, r: Mapping[str, Any], split: str, variant: int) -> None:
         key, template, turned = r["example_key"], int(r["template"]), bool(r["turned"])
         inputs, targets = r["inputs"], r["targets"]
         options: list[str] | None = list(r["options"]) if r.get("options") else None
-        body = inputs
+        body, parsed = inputs, None
         if not turned:
             body, parsed = split_options(inputs, self.fmt)
             options = options or parsed
@@ -163,7 +167,8 @@ class Lint:
             return example_row(split=split, source=g.source, key=key, variant=variant, template=template,
                                inputs=inputs, targets=targets, note=note)
 
-        g.samples.setdefault(template, ex("turned" if turned else ""))
+        if template not in g.samples:
+            g.samples[template] = ex("turned" if turned else "")
         if len(g.firsts[template]) < g.keep:
             g.firsts[template].append(ex())
         if not body.strip() or not targets.strip():
@@ -175,18 +180,22 @@ class Lint:
             g.hit("control_chars").add(lambda: ex(", ".join(points)))
         t = g.templates[template]
         t.rows += 1
+        t.turned = turned
         norm_target = normalize(targets)
-        if norm_target and _leaks(normalize(body), norm_target, options):
+        reveals = _reveals(body, targets, options) if targets else 0
+        if reveals > 0:
             t.leak_rows += 1
             g.hit("answer_leak", template).add(ex)
-        key_hash = hash(key)
-        t.keys.add(key_hash)
-        t.targets.add(hash(targets))
-        first = t.bodies.setdefault(hash(body), key)
-        if first != key:
-            g.hit("collapse", template).add(lambda: ex(f"same input as {first}"))
+        t.mislead_rows += reveals < 0
+        if len(t.keys) < self.settings.template_sample:  # bounded memory: judged on a sample
+            t.keys.add(hash(key))
+            t.targets.add(hash(targets))
+            # the whole input: per-example options (ReCoRD, COPA) are part of what the example contributes
+            first = t.bodies.setdefault(hash(inputs), key)
+            if first != key:
+                g.hit("collapse", template).add(lambda: ex(f"same input as {first}"))
         if not turned:
-            if parsed is None and not (options and not r.get("options")):
+            if parsed is None:
                 g.hit("missing_options", template).add(ex)
             if g.labels is not None and parsed is None:
                 g.labels[norm_target] += 1
@@ -195,19 +204,27 @@ class Lint:
                 elif len(g.label_rows) < g.keep:
                     g.label_rows.append(ex())
         text_key = hash((template, inputs, targets)) if g.source == "eval" else hash((inputs, targets))
-        first_text = g.texts.setdefault(text_key, key)
-        if first_text != key:
-            g.hit("duplicates").add(lambda: ex(f"same input and target as {first_text}"))
+        first_text = g.texts.get(text_key)
+        if first_text is None:
+            g.texts[text_key] = key
+        else:
+            g.repeats[text_key] += 1
+            if first_text != key and text_key not in g.shared:
+                g.shared.add(text_key)
+                g.hit("duplicates").add(lambda: ex(f"same input and target as {first_text}"))
         for part, text in (("input", inputs), ("target", targets)):
-            g.lengths[part].append(len(text))
-            _keep_extremes(g.extremes, part, len(text), g.rows, ex, g.keep)
+            if part == "target" and options:
+                continue  # a class label: its length is the option's, not a property of the example
+            # turned templates write the task backwards: their lengths form a separate distribution
+            name = part + (" of a turned template" if turned else "")
+            g.lengths[name].append(len(text))
+            _keep_extremes(g.extremes, name, len(text), g.rows, ex, g.keep)
 
     def findings(self) -> list[dict[str, Any]]:
         """Every finding, errors first (see docs/audit.md, ``lint.findings``)."""
         out: list[dict[str, Any]] = []
         for (dataset, source), g in sorted(self.groups.items()):
-            kind = self.kinds.get(dataset) or ("classification" if g.non_turned and
-                                               g.with_suffix / g.non_turned >= 0.5 else "generation")
+            kind = self.kind_of(dataset) or "generation"
             base = {"dataset": dataset, "source": source}
             out += _simple(g, base)
             out += self._leaks(g, base)
@@ -237,34 +254,53 @@ class Lint:
         return "classification" if sum(g.with_suffix for g in groups) / non_turned >= 0.5 else "generation"
 
     def _leaks(self, g: _Group, base: dict[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        # turned templates have other targets (a hypothesis, a question) than the task's answer, so
+        # they are compared with each other only
+        for turned in (False, True):
+            templates = {t: v for t, v in g.templates.items() if v.turned == turned}
+            out += self._template_leaks(g, base, templates, "turned templates" if turned else "templates")
+        return out
+
+    def _template_leaks(self, g: _Group, base: dict[str, Any], templates: dict[int, _Template], kind: str
+                        ) -> list[dict[str, Any]]:
         s = self.settings
-        shares = {t: v.leak_rows / v.rows for t, v in g.templates.items() if v.rows >= s.min_template_rows}
+        # net share: a template that names one fixed option ("is it acceptable?") reveals the rows with
+        # that answer and misleads the others, so it nets out near 0; a real leak nets near 1
+        shares = {t: (v.leak_rows - v.mislead_rows) / v.rows for t, v in templates.items()
+                  if v.rows >= s.min_template_rows}
         out = []
         for t, share in sorted(shares.items()):
             others = [v for u, v in shares.items() if u != t]
             baseline = statistics.median(others) if others else 0.0
             if share >= s.leak_share and share - baseline >= s.leak_excess:
                 hits = g.hits[("answer_leak", t)]
-                out.append(_finding("answer_leak", base, t, hits, g.templates[t].rows,
-                                    f"template {t}: the target appears in the input in {hits.count} of "
-                                    f"{g.templates[t].rows} rows ({share:.0%}; other templates: {baseline:.0%})"))
+                out.append(_finding("answer_leak", base, t, hits, templates[t].rows,
+                                    f"template {t}: the input names the target in {hits.count} of "
+                                    f"{templates[t].rows} rows (net of rows naming a wrong option: {share:.0%}; "
+                                    f"other {kind}: {baseline:.0%})"))
         if not out and shares and statistics.median(shares.values()) >= s.leak_share:
-            leak_rows = sum(v.leak_rows for v in g.templates.values())
+            leak_rows = sum(templates[t].leak_rows for t in shares)
+            rows = sum(templates[t].rows for t in shares)
             examples = [e for t in sorted(shares) for e in g.hits.get(("answer_leak", t), Hits(0)).examples]
-            out.append({**base, "rule": "answer_in_input", "template": None, "count": leak_rows, "rows": g.rows,
-                        "message": f"the target appears in the input in {leak_rows} of {g.rows} rows, in most "
-                                   f"templates (median {statistics.median(shares.values()):.0%})",
+            out.append({**base, "rule": "answer_in_input", "template": None, "count": leak_rows, "rows": rows,
+                        "message": f"the input names the target in {leak_rows} of {rows} rows of its {kind} "
+                                   f"(median {statistics.median(shares.values()):.0%})",
                         "examples": examples[:g.keep]})
         return out
 
     def _unused(self, g: _Group, base: dict[str, Any], kind: str) -> list[dict[str, Any]]:
         s = self.settings
         out = []
-        ratios = {t: len(v.bodies) / len(v.keys) for t, v in g.templates.items()
-                  if len(v.keys) >= s.collapse_min_examples}
+        # turned templates are exempt: "write a positive review" depends on the label only, by design
+        judged = {t: v for t, v in g.templates.items() if not v.turned}
+        ratios = {t: len(v.bodies) / len(v.keys) for t, v in judged.items() if len(v.keys) >= s.collapse_min_examples}
         median_ratio = statistics.median(ratios.values()) if ratios else 0.0
-        many_targets = any(len(v.targets) > 1 for v in g.templates.values())
-        for t, v in sorted(g.templates.items()):
+        # a constant target is suspicious only where targets normally differ from example to example
+        keys = set().union(*(v.keys for v in g.templates.values())) if g.templates else set()
+        targets = set().union(*(v.targets for v in g.templates.values())) if g.templates else set()
+        many_targets = len(targets) >= 0.5 * len(keys)
+        for t, v in sorted(judged.items()):
             n = len(v.keys)
             if n < s.min_template_rows:
                 continue
@@ -304,7 +340,7 @@ class Lint:
     def _outliers(self, g: _Group, base: dict[str, Any]) -> list[dict[str, Any]]:
         s = self.settings
         out = []
-        for part in ("input", "target"):
+        for part in sorted(g.lengths):
             lengths = np.log1p(np.asarray(g.lengths[part], np.float64))
             if len(lengths) < s.outlier_min_rows:
                 continue
@@ -318,9 +354,9 @@ class Lint:
             if not count:
                 continue
             typical = math.expm1(median)
-            examples = [e for length, _, e in sorted(g.extremes[part] + g.extremes["short-" + part],
-                                                     key=lambda x: -abs(math.log1p(x[0]) - median))
-                        if abs(math.log1p(length) - median) >= limit][:g.keep]
+            candidates = sorted(g.extremes[part] + g.extremes["short-" + part],
+                                key=lambda x: (-abs(math.log1p(x[2]) - median), -x[1]))
+            examples = [e for _, _, length, e in candidates if abs(math.log1p(length) - median) >= limit][:g.keep]
             out.append({**base, "rule": "length_outlier", "template": None, "count": count, "rows": g.rows,
                         "message": f"{count} {part}(s) far from the usual length (median {typical:.0f} characters; "
                                    f"flagged beyond x{math.exp(limit):.1f} or /{math.exp(limit):.1f})",
@@ -328,29 +364,41 @@ class Lint:
         return out
 
 
-def _leaks(body: str, target: str, options: list[str] | None) -> bool:
-    padded = f" {body} "
-    if f" {target} " not in padded:
-        return False
-    if options:  # the input names other options too: it asks, it does not tell
-        others = {normalize(o) for o in options} - {target, ""}
-        if any(f" {o} " in padded for o in others):
-            return False
-    return True
+def _reveals(body: str, target: str, options: list[str] | None) -> int:
+    """+1 when ``body`` contains ``target`` verbatim (at word boundaries) and no other option; -1 when it
+    contains another option but not the target; else 0."""
+    others = [o for o in (options or ()) if o and o != target]
+    named_target = contains(body, target)
+    named_other = any(contains(body, o) for o in others)
+    return int(named_target and not named_other) - int(named_other and not named_target)
 
 
-def _keep_extremes(extremes: dict[str, list[tuple[int, int, dict[str, Any]]]], part: str, length: int, order: int,
-                   make: Any, keep: int) -> None:
-    """Keep the ``keep`` longest (heap "input") and shortest (heap "short-input") rows of each part."""
+def contains(text: str, needle: str) -> bool:
+    """Whether ``needle`` occurs verbatim in ``text``, not as part of a longer word ("no" is not in "know").
+
+    Example:
+      >>> contains("I know, no.", "no"), contains("I know.", "no")
+      (True, False)
+    """
+    start = text.find(needle) if needle else -1
+    while start >= 0:
+        end = start + len(needle)
+        if (start == 0 or not needle[0].isalnum() or not text[start - 1].isalnum()) and \
+                (end == len(text) or not needle[-1].isalnum() or not text[end].isalnum()):
+            return True
+        start = text.find(needle, start + 1)
+    return False
+
+
+def _keep_extremes(extremes: dict[str, list[tuple[int, int, int, dict[str, Any]]]], part: str, length: int,
+                   order: int, make: Any, keep: int) -> None:
+    """Keep the ``keep`` longest (heap ``part``) and shortest (heap ``short-part``) rows of a part."""
     for name, value in ((part, length), ("short-" + part, -length)):
         heap = extremes[name]
         if len(heap) < keep:
-            heapq.heappush(heap, (value, -order, make()))
+            heapq.heappush(heap, (value, -order, length, make()))
         elif value > heap[0][0]:
-            heapq.heapreplace(heap, (value, -order, make()))
-    # heaps store signed lengths; callers read abs() through _extreme_rows
-    for name in (part, "short-" + part):
-        extremes[name] = extremes[name]
+            heapq.heapreplace(heap, (value, -order, length, make()))
 
 
 def _simple(g: _Group, base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -365,8 +413,10 @@ def _simple(g: _Group, base: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_finding("control_chars", base, None, h, g.rows, f"{h.count} rows contain {points}"))
     if ("duplicates", None) in g.hits:
         h = g.hits[("duplicates", None)]
-        out.append(_finding("duplicates", base, None, h, g.rows, f"{h.count} rows repeat the input and target of "
-                                                                    f"another example"))
+        shared = [1 + g.repeats[text] for text in g.shared]
+        out.append({**_finding("duplicates", base, None, h, g.rows, f"{sum(shared)} rows share {len(shared)} "
+                                                                       f"texts (input and target) with rows of "
+                                                                       f"other examples"), "count": sum(shared)})
     return out
 
 

@@ -30,7 +30,8 @@ def split_options(inputs: str, fmt: OptionsFormat) -> tuple[str, list[str] | Non
     text is not mistaken for one with options.
 
     Example:
-      >>> split_options("Is it?\\n\\nOPTIONS:\\n- yes\\n- no", OptionsFormat(header="\\n\\nOPTIONS:", item="\\n- {option}"))
+      >>> fmt = OptionsFormat(header="\\n\\nOPTIONS:", item="\\n- {option}")
+      >>> split_options("Is it?\\n\\nOPTIONS:\\n- yes\\n- no", fmt)
       ('Is it?', ['yes', 'no'])
     """
     if not fmt.header or "{option}" not in fmt.item:
@@ -67,7 +68,9 @@ def distribution(values: np.ndarray, edges: np.ndarray | None = None) -> dict[st
 
 
 def length_edges(maximum: int, bins: int = HISTOGRAM_BINS) -> np.ndarray:
-    """Integer histogram edges covering 0..maximum (token lengths include the EOS)."""
+    """Integer histogram edges covering 0..maximum (token lengths include the EOS); one bin per length if few."""
+    if maximum + 1 <= bins:
+        return np.arange(0, maximum + 2, dtype=np.int64)
     return np.unique(np.linspace(0, maximum + 1, bins + 1).round().astype(np.int64))
 
 
@@ -113,7 +116,7 @@ class SplitStats:
                 self.labels[dataset][targets] += 1
                 self.positions[dataset][options.index(targets) if targets in options else -1] += 1
 
-    def add_packed(self, name: str, table: pa.Table, sequence_length: int) -> None:
+    def add_packed(self, name: str, table: pa.Table, row_tokens: int) -> None:
         """One train/*.parquet shard: rows, non-padding tokens and packing efficiency (as the compiler defines it)."""
         tokens = 0
         fill = {}
@@ -125,7 +128,7 @@ class SplitStats:
                 fill[column.removesuffix("_segment_ids")] = nonpad / len(flat) if len(flat) else 0.0
         rows = table.num_rows
         self.shards.append({"file": name, "rows": rows, "tokens": tokens,
-                            "packing_efficiency": tokens / (rows * sequence_length) if rows else 0.0, "fill": fill})
+                            "packing_efficiency": tokens / (rows * row_tokens) if rows else 0.0, "fill": fill})
 
     def add_eval(self, dataset: str, table: pa.Table, info: Mapping[str, Any]) -> None:
         """One eval/<dataset>.parquet file."""
@@ -175,7 +178,7 @@ class SplitStats:
             c["realized_share"] = c["realized"] / total if total else 0.0
         rows = sum(s["rows"] for s in self.shards)
         tokens_packed = sum(s["tokens"] for s in self.shards)
-        seq = _sequence_length(m)
+        seq = sequence_length(m)
         tokens = int(cols["input_tokens"].astype(np.int64).sum() + cols["target_tokens"].astype(np.int64).sum())
         summary = {"examples": total, "rows": rows, "tokens": tokens,
                    "packing_efficiency": tokens_packed / (rows * seq) if rows else 0.0,
@@ -186,7 +189,7 @@ class SplitStats:
         mismatches = [f"{k}: data {summary[k]!r}, manifest {recorded[k]!r}" for k in summary
                       if k in recorded and not _close(summary[k], recorded[k])]
         return {
-            "removed_clusters": list(m.get("removed_clusters", [])),
+            "removed_clusters": list(m.get("removed_clusters", [])), "sequence_length": seq,
             "summary": summary, "manifest_mismatches": mismatches,
             "lengths": {"input_tokens": distribution(cols["input_tokens"].astype(np.int64), in_edges),
                         "target_tokens": distribution(cols["target_tokens"].astype(np.int64), out_edges)},
@@ -230,7 +233,8 @@ class SplitStats:
         }
 
 
-def _sequence_length(m: Mapping[str, Any]) -> int:
+def sequence_length(m: Mapping[str, Any]) -> int:
+    """Tokens one packed row holds, as the compiler counts them for packing efficiency."""
     lengths = m.get("lengths", {})
     inputs, targets = int(lengths.get("inputs", 0)), int(lengths.get("targets", 0))
     return inputs + targets if m.get("layout", "decoder_only") == "decoder_only" else max(inputs, targets)

@@ -1,0 +1,215 @@
+"""Leakage and contamination: held-out clusters absent from train (exact), eval examples sharing n-grams with it."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flanpipe.audit.lint import Rule, example_row
+
+RULES: dict[str, Rule] = {
+    "held_out_leak": Rule("error", "A train mixture holds examples of a cluster held out of it (exact check on the "
+                                   "examples' dataset and cluster)."),
+    "contamination": Rule("warning", "Held-out eval examples share an n-gram (13 words by default) with the text of "
+                                     "their split's train mixture."),
+}
+# Words are maximal runs of letters and digits, lowercased (RE2 syntax: pyarrow's regex engine).
+_SEPARATORS = r"[^\p{L}\p{N}]+"
+_PRIME = np.uint64(0x100000001B3)
+_PREFIX_BITS = 24
+MAX_MATCHES = 20  # matched n-grams listed per eval set; the id lists are always complete
+
+
+@dataclass(frozen=True)
+class Words:
+    """Every word of a batch of texts, in order, with the index of the text it comes from."""
+
+    words: pa.Array
+    doc: np.ndarray
+
+    @classmethod
+    def of(cls, texts: pa.Array | pa.ChunkedArray) -> Words:
+        lists = pc.split_pattern_regex(pc.utf8_lower(texts), _SEPARATORS)
+        if isinstance(lists, pa.ChunkedArray):
+            lists = lists.combine_chunks()
+        words = pc.list_flatten(lists)
+        doc = pc.list_parent_indices(lists).to_numpy().astype(np.int64)
+        keep = pc.greater(pc.utf8_length(words), 0)  # splitting leaves "" for leading/trailing separators
+        return cls(words.filter(keep), doc[keep.to_numpy(zero_copy_only=False)])
+
+
+def word_hashes(words: pa.Array) -> np.ndarray:
+    """A stable 64-bit hash of each word (blake2b of its UTF-8), computed once per distinct word."""
+    encoded = pc.dictionary_encode(words)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    table = np.fromiter((int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+                         for w in encoded.dictionary.to_pylist()), dtype=np.uint64, count=len(encoded.dictionary))
+    return table[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def ngram_hashes(texts: pa.Array | pa.ChunkedArray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hash, text index, first word index) of every word n-gram of each text; n-grams never span two texts.
+
+    A polynomial rolling hash over the word hashes, all n-grams of the batch at once (n vector passes).
+
+    Example:
+      >>> h, doc, start = ngram_hashes(pa.array(["a b c", "d"]), 2)
+      >>> doc.tolist(), start.tolist()
+      ([0, 0], [0, 1])
+    """
+    w = Words.of(texts)
+    h = word_hashes(w.words)
+    m = len(h) - n + 1
+    if m <= 0:
+        empty = np.zeros(0, np.int64)
+        return np.zeros(0, np.uint64), empty, empty
+    g = h[:m].copy()
+    for i in range(1, n):
+        g *= _PRIME
+        g += h[i:i + m]
+    g ^= g >> np.uint64(29)
+    valid = w.doc[:m] == w.doc[n - 1:]
+    return g[valid], w.doc[:m][valid], np.flatnonzero(valid)
+
+
+@dataclass
+class EvalSet:
+    """One held-out eval set's example ids and the n-gram hashes of each example's content."""
+
+    dataset: str
+    table: pa.Table  # eval/<dataset>.parquet
+    ids: list[str]  # distinct example keys, in file order
+    hashes: np.ndarray  # unique (hash, example) pairs: content n-grams only
+    owners: np.ndarray  # example index of each pair
+    boilerplate: int  # distinct n-grams dropped as template text
+
+    @classmethod
+    def build(cls, dataset: str, table: pa.Table, n: int, boilerplate_share: float) -> EvalSet:
+        """Hash every rendered row (inputs and targets, all templates) of an eval set.
+
+        An n-gram found in at least ``boilerplate_share`` of the examples (and in at least 3) comes from
+        the template or a fixed option list, not from the example, and is dropped: otherwise a long
+        instruction shared with some training template would mark the whole eval set as dirty.
+        """
+        keys = table["example_key"].to_pylist()
+        ids = list(dict.fromkeys(keys))
+        index = {k: i for i, k in enumerate(ids)}
+        row_owner = np.array([index[k] for k in keys], np.int64)
+        texts = pa.concat_arrays([table["inputs"].combine_chunks(), table["targets"].combine_chunks()])
+        g, doc, _ = ngram_hashes(texts, n)
+        owner = row_owner[doc % max(len(keys), 1)] if len(keys) else np.zeros(0, np.int64)
+        order = np.lexsort((owner, g))
+        g, owner = g[order], owner[order]
+        keep = np.ones(len(g), bool)
+        keep[1:] = (g[1:] != g[:-1]) | (owner[1:] != owner[:-1])
+        g, owner = g[keep], owner[keep]
+        distinct, counts = np.unique(g, return_counts=True)
+        common = distinct[counts >= max(3, math.ceil(boilerplate_share * len(ids)))]
+        content = ~np.isin(g, common)
+        return cls(dataset, table, ids, g[content], owner[content], len(common))
+
+
+class Contamination:
+    """Streams a split's train mixture past the n-grams of its eval sets; memory is bounded by the eval sets."""
+
+    def __init__(self, eval_sets: Sequence[EvalSet], n: int, *, batch_rows: int = 4096):
+        self.eval_sets, self.n, self.batch_rows = list(eval_sets), n, batch_rows
+        parts = [e.hashes for e in self.eval_sets]
+        self.index = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+        self.hit = np.zeros(len(self.index), bool)
+        # a byte per top-24-bit prefix of the index: most train n-grams are rejected by one lookup
+        # here, and only the few candidates pay for the binary search
+        self.prefix = np.zeros(1 << _PREFIX_BITS, bool)
+        self.prefix[self.index >> np.uint64(64 - _PREFIX_BITS)] = True
+        self.source: dict[int, tuple[str, str]] = {}  # index position -> first train (dataset, example key)
+        self.ngrams = self.examples = 0
+        self.seconds = 0.0
+
+    def scan(self, table: pa.Table) -> None:
+        """One examples/*.parquet shard (columns dataset, example_key, inputs, targets)."""
+        start = time.perf_counter()
+        for offset in range(0, table.num_rows, self.batch_rows):
+            batch = table.slice(offset, self.batch_rows)
+            rows = batch.num_rows
+            self.examples += rows
+            texts = pa.concat_arrays([batch["inputs"].combine_chunks(), batch["targets"].combine_chunks()])
+            g, doc, _ = ngram_hashes(texts, self.n)
+            self.ngrams += len(g)
+            if not len(self.index) or not len(g):
+                continue
+            candidate = self.prefix[g >> np.uint64(64 - _PREFIX_BITS)]
+            g, doc = g[candidate], doc[candidate]
+            pos = np.minimum(np.searchsorted(self.index, g), len(self.index) - 1)
+            found = self.index[pos] == g
+            if not found.any():
+                continue
+            first_pos, first_at = np.unique(pos[found], return_index=True)
+            new = ~self.hit[first_pos]
+            datasets, keys = batch["dataset"], batch["example_key"]
+            for p, d in zip(first_pos[new].tolist(), (doc[found][first_at][new] % rows).tolist()):
+                self.source[p] = (datasets[d].as_py(), keys[d].as_py())
+            self.hit[first_pos] = True
+        self.seconds += time.perf_counter() - start
+
+    def result(self, split: str) -> dict[str, dict[str, Any]]:
+        """Per eval set: examples, dirty/clean counts and share, the id lists and a few matched n-grams."""
+        out = {}
+        for e in self.eval_sets:
+            pos = np.minimum(np.searchsorted(self.index, e.hashes), max(len(self.index) - 1, 0))
+            matched = self.hit[pos] & (self.index[pos] == e.hashes) if len(self.index) else np.zeros(0, bool)
+            dirty = sorted(set(e.owners[matched].tolist()))
+            dirty_set = set(dirty)
+            out[e.dataset] = {
+                "examples": len(e.ids), "dirty": len(dirty), "clean": len(e.ids) - len(dirty),
+                "dirty_share": len(dirty) / len(e.ids) if e.ids else 0.0,
+                "content_ngrams": int(len(np.unique(e.hashes))), "boilerplate_ngrams": e.boilerplate,
+                "dirty_ids": [e.ids[i] for i in dirty],
+                "clean_ids": [k for i, k in enumerate(e.ids) if i not in dirty_set],
+                "matches": [self._match(e, e.ids[i], split) for i in dirty[:MAX_MATCHES]],
+            }
+        return out
+
+    def _match(self, e: EvalSet, key: str, split: str) -> dict[str, Any]:
+        """The first matching n-gram of one dirty example, with the train example it was found in."""
+        rows = e.table.filter(pc.equal(e.table["example_key"], key))
+        texts = pa.concat_arrays([rows["inputs"].combine_chunks(), rows["targets"].combine_chunks()])
+        g, _, start = ngram_hashes(texts, self.n)
+        words = Words.of(texts).words
+        pos = np.minimum(np.searchsorted(self.index, g), len(self.index) - 1)
+        good = np.flatnonzero((self.index[pos] == g) & self.hit[pos])
+        first = int(good[0]) if len(good) else 0
+        ngram = " ".join(words.slice(int(start[first]), self.n).to_pylist()) if len(good) else ""
+        train = self.source.get(int(pos[first]), ("", "")) if len(good) else ("", "")
+        row = rows.slice(0, 1).to_pylist()[0]
+        return {**example_row(split=row["split"], source="eval", key=key, variant=0, template=row["template"],
+                              inputs=row["inputs"], targets=row["targets"],
+                              note=f"{self.n}-gram also in train {train[0]} {train[1]}"),
+                "ngram": ngram, "train_dataset": train[0], "train_example_key": train[1], "audit_split": split}
+
+
+def held_out_check(removed: Sequence[str], pairs: Mapping[tuple[str, str], int], clusters: Mapping[str, str]
+                   ) -> dict[str, Any]:
+    """Exact leakage check of one train mixture.
+
+    Args:
+      removed: the clusters held out of the split (its manifest's removed_clusters).
+      pairs: rows per (dataset, cluster) as recorded in the split's examples.
+      clusters: dataset -> cluster from the top-level manifest.
+
+    Returns:
+      removed_clusters, train_clusters, leaked (dataset, cluster, rows) and ok.
+    """
+    held = set(removed)
+    leaked = [{"dataset": d, "cluster": clusters.get(d, c), "rows": n} for (d, c), n in sorted(pairs.items())
+              if c in held or clusters.get(d) in held]
+    return {"removed_clusters": sorted(held), "train_clusters": sorted({c for _, c in pairs}),
+            "leaked": leaked, "ok": not leaked}
