@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ from flanpipe.spec import ExamplesSize
 from flanpipe.tfds_export import tfds_name, write_tfds_metadata
 from flanpipe.tokenizer import Tokenizer
 from flanpipe.verify import datasets_in_split, leakage
-from flanpipe.writers import checksums, read_json, sha256_file, write_bytes, write_json
+from flanpipe.writers import LOCK_NAME, checksums, read_json, sha256_file, write_bytes, write_json
 
 FORMAT = "flanpipe/1"
 IN_PROGRESS = ".in_progress.json"
@@ -99,7 +102,8 @@ def _check_out_dir(out: str, name: str, overwrite: bool) -> None:
             if owner != name and not overwrite:
                 raise OutputError(f"{out}: holds the output of pipeline {owner!r}, not {name!r}; "
                                   f"choose another --out or pass --overwrite")
-    if not any(storage.exists(m) for m in markers) and not storage.is_empty_dir(out) and not overwrite:
+    others = [f for f in storage.list_files(out) if f != LOCK_NAME]
+    if not any(storage.exists(m) for m in markers) and others and not overwrite:
         raise OutputError(f"{out}: exists and is not a flanpipe output directory; choose another --out or "
                           f"pass --overwrite")
 
@@ -133,33 +137,57 @@ def run_compile(pipeline: str | Path, options: CompileOptions,
     digest = pipeline_hash(plan, tokenizer, jobs)
     resolved = {"name": plan.pipeline.name, "hash": digest, "resolved": plan.pipeline.model_dump(mode="json"),
                 "file": plan.pipeline_path.name}
-    storage.remove(storage.join(out, MANIFEST))  # the output is about to change: it must not look complete
     storage.makedirs(out)
-    for split in plan.splits:  # stale files of an interrupted or earlier compile
-        storage.remove_tree(storage.join(out, split.name))
-    write_json(storage.join(out, IN_PROGRESS), {"pipeline": resolved})
-    # Read before the job, not from Beam metrics: not every runner reports metrics (DaskRunner does not).
-    misses = sorted(n for n, j in jobs.items() if not storage.exists(j.file("meta.json")))
-    ctx = _context(plan, out, jobs)
-    progress(f"running the Beam job ({options.runner}, {len(jobs)} datasets, {len(plan.splits)} splits)")
-    run_job(lambda p: build(p, ctx), options.runner, workers=options.workers, mode=options.mode,
-            beam_args=options.beam_args, dask_address=options.dask_address)
-    progress("writing manifests")
-    write_bytes(storage.join(out, TOKENIZER_FILE), tokenizer.model_proto)
-    kept = {n: cache.prepare(j)["counts"]["kept"] for n, j in jobs.items()}  # cache hits: reads meta.json
-    split_manifests = {s.name: _finish_split(out, s, plan, tokenizer, kept) for s in ctx.splits}
-    manifest = {
-        "format": FORMAT, "pipeline": resolved,
-        "tokenizer": {"file": TOKENIZER_FILE, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
-                      "source": tok_path.name},
-        "versions": _versions(), "splits": [s.name for s in ctx.splits],
-        "datasets": {n: {"cache_key": j.key, "cluster": j.spec.cluster} for n, j in sorted(jobs.items())},
-        "summary": {n: m["summary"] for n, m in split_manifests.items()},
-        "files": checksums(out, exclude=[MANIFEST, IN_PROGRESS]),
-    }
-    write_json(storage.join(out, MANIFEST), manifest)
-    storage.remove(storage.join(out, IN_PROGRESS))
-    return CompileResult(manifest, misses)
+    with _exclusive(out):
+        storage.remove(storage.join(out, MANIFEST))  # the output is about to change: it must not look complete
+        for split in plan.splits:  # stale files of an interrupted or earlier compile
+            storage.remove_tree(storage.join(out, split.name))
+        write_json(storage.join(out, IN_PROGRESS), {"pipeline": resolved})
+        # Read before the job, not from Beam metrics: not every runner reports metrics (DaskRunner does not).
+        misses = sorted(n for n, j in jobs.items() if not storage.exists(j.file("meta.json")))
+        ctx = _context(plan, out, jobs)
+        progress(f"running the Beam job ({options.runner}, {len(jobs)} datasets, {len(plan.splits)} splits)")
+        run_job(lambda p: build(p, ctx), options.runner, workers=options.workers, mode=options.mode,
+                beam_args=options.beam_args, dask_address=options.dask_address)
+        progress("writing manifests")
+        write_bytes(storage.join(out, TOKENIZER_FILE), tokenizer.model_proto)
+        kept = {n: cache.prepare(j)["counts"]["kept"] for n, j in jobs.items()}  # cache hits: reads meta.json
+        split_manifests = {s.name: _finish_split(out, s, plan, tokenizer, kept) for s in ctx.splits}
+        manifest = {
+            "format": FORMAT, "pipeline": resolved,
+            "tokenizer": {"file": TOKENIZER_FILE, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
+                          "source": tok_path.name},
+            "versions": _versions(), "splits": [s.name for s in ctx.splits],
+            "datasets": {n: {"cache_key": j.key, "cluster": j.spec.cluster} for n, j in sorted(jobs.items())},
+            "summary": {n: m["summary"] for n, m in split_manifests.items()},
+            "files": checksums(out, exclude=[MANIFEST, IN_PROGRESS]),
+        }
+        write_json(storage.join(out, MANIFEST), manifest)
+        storage.remove(storage.join(out, IN_PROGRESS))
+        return CompileResult(manifest, misses)
+
+
+@contextmanager
+def _exclusive(out: str) -> Iterator[None]:
+    """Hold an exclusive lock on a local output directory for the whole compile.
+
+    Two compiles writing one directory would delete each other's files; the second one is
+    refused instead. (Object stores have no such lock: give each compile its own --out.)
+    """
+    if not storage.is_local(out):
+        yield
+        return
+    path = os.path.join(storage.filesystem(out)[1], LOCK_NAME)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"{out}: another flanpipe compile is writing this directory") from None
+        try:
+            yield
+        finally:
+            os.unlink(path)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob]) -> JobContext:

@@ -78,10 +78,6 @@ def list_files(url: str) -> list[str]:
                   .replace(os.sep, "/") for p in fs.find(root))
 
 
-def is_empty_dir(url: str) -> bool:
-    return not list_files(url)
-
-
 def rename(src: str, dst: str) -> None:
     """Move ``src`` to ``dst``, replacing it; atomic on local disks (os.replace after fsync)."""
     fs, src_path = filesystem(src)

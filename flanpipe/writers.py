@@ -17,6 +17,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from flanpipe import storage
 
 TMP_MARK = ".partial"
+LOCK_NAME = ".compile.lock"  # held by a running compile; never part of an output
 
 
 def temp_url(final: str, *, unique: bool = False) -> str:
@@ -98,4 +99,4 @@ def checksums(root: str, exclude: Iterable[str] = ()) -> dict[str, str]:
     """sha256 of every file under ``root`` (relative '/' paths), except ``exclude`` and temp files."""
     skip = set(exclude)
     return {rel: sha256_file(storage.join(root, rel)) for rel in storage.list_files(root)
-            if rel not in skip and TMP_MARK not in rel.rsplit("/", 1)[-1]}
+            if rel not in skip and TMP_MARK not in rel.rsplit("/", 1)[-1] and rel != LOCK_NAME}

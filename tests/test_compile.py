@@ -221,3 +221,16 @@ def test_fewshot_pipeline_builds_fewshot_train_and_eval_sets(tmp_path):
     examples = pq.read_table(tmp_path / "out" / "natural_language_inference" / "examples").to_pylist()
     assert sum("\nAnswer: " in e["inputs"] for e in examples) > len(examples) // 2
     assert result.manifest["pipeline"]["resolved"]["fewshot"]["max_exemplars"] == 4
+
+
+def test_a_second_compile_into_a_busy_directory_is_refused(world, tmp_path):
+    import fcntl
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".compile.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputError, match="another flanpipe compile is writing this directory"):
+            _compile(world, str(out))
+    _compile(world, str(out))  # free again
+    assert verify_output(out) == [] and not (out / ".compile.lock").exists()
