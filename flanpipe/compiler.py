@@ -24,10 +24,10 @@ from flanpipe.cache import DatasetJob
 from flanpipe.collection import TEMPLATES_DIR
 from flanpipe.errors import OutputError
 from flanpipe.mixing import mixing_rates
-from flanpipe.plan import Plan, load_plan
+from flanpipe.plan import Plan, SplitPlan, load_plan
 from flanpipe.prepare import RenderSettings
 from flanpipe.schema import RecordLayout
-from flanpipe.shards import STATS_DIR, JobContext, SplitJob, shard_name
+from flanpipe.shards import STATS_DIR, JobContext, shard_name
 from flanpipe.sources import source_fingerprint
 from flanpipe.spec import ExamplesSize
 from flanpipe.tfds_export import tfds_name, write_tfds_metadata
@@ -195,7 +195,7 @@ def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob]) -> JobContext:
     size = p.mixture_size
     return JobContext(
         out_dir=out, datasets=jobs,
-        splits=tuple(SplitJob(s.name, s.train, s.eval, s.removed) for s in plan.splits),
+        splits=plan.splits,
         layout=RecordLayout(p.layout, p.lengths.inputs, p.lengths.targets), seed=p.seed, shards=p.output.shards,
         window=p.packing.window, packing=p.packing.enabled, algorithm=p.packing.algorithm, truncate=p.truncate,
         maximum_rate=p.mixing.maximum_rate,
@@ -203,7 +203,7 @@ def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob]) -> JobContext:
         mixture_tokens=None if isinstance(size, ExamplesSize) else size.steps * size.batch_tokens)
 
 
-def _finish_split(out: str, split: SplitJob, plan: Plan, tokenizer: Tokenizer, kept: dict[str, int]
+def _finish_split(out: str, split: SplitPlan, plan: Plan, tokenizer: Tokenizer, kept: dict[str, int]
                   ) -> dict[str, Any]:
     base = storage.join(out, split.name)
     files = storage.list_files(base)

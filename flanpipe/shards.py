@@ -15,6 +15,7 @@ from flanpipe.cache import DatasetJob, eval_table
 from flanpipe.hashing import stable_hash
 from flanpipe.mixing import allocate, mixing_rates, select
 from flanpipe.packing import Trimmed, pack, trim
+from flanpipe.plan import SplitPlan
 from flanpipe.records import encode_example
 from flanpipe.schema import RecordLayout
 from flanpipe.writers import write_array_record, write_json, write_parquet
@@ -25,22 +26,12 @@ Item = tuple[int, str, str, int, int, bool, str, str, bytes, bytes]
 
 
 @dataclass(frozen=True)
-class SplitJob:
-    """One mixture to build."""
-
-    name: str
-    train: tuple[str, ...]
-    eval: tuple[str, ...]
-    removed: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class JobContext:
     """Everything the workers need; built by flanpipe.compile from a Plan (picklable)."""
 
     out_dir: str
     datasets: dict[str, DatasetJob]
-    splits: tuple[SplitJob, ...]
+    splits: tuple[SplitPlan, ...]
     layout: RecordLayout
     seed: int
     shards: int
@@ -57,7 +48,7 @@ def shard_name(shard: int, shards: int) -> str:
     return f"{shard:05d}-of-{shards:05d}"
 
 
-def allocate_split(split: SplitJob, metas: dict[str, dict[str, Any]], ctx: JobContext
+def allocate_split(split: SplitPlan, metas: dict[str, dict[str, Any]], ctx: JobContext
                    ) -> Iterator[tuple[str, str, int]]:
     """(split, dataset, examples) for every training dataset of the split, from the prepared counts."""
     counts = {d: metas[d]["counts"]["kept"] for d in split.train}

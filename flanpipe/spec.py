@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -33,15 +34,19 @@ class ExprField(BaseModel):
     expr: str = Field(description="Jinja2 expression over fields declared above, e.g. \"choices.text | join(', ')\".")
 
 
-def _field_tag(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return "expr" if "expr" in value else "feature"
-    return "expr" if isinstance(value, ExprField) else "feature"
+def _tag_by_key(key: str, model: type[BaseModel], other: str) -> Callable[[Any], str]:
+    """A union discriminator: tag ``key`` when the YAML mapping has that key (or the value is a ``model``)."""
+
+    def tag(value: Any) -> str:
+        present = key in value if isinstance(value, dict) else isinstance(value, model)
+        return key if present else other
+
+    return tag
 
 
 FieldSpec = Annotated[
     Annotated[FeatureField, Tag("feature")] | Annotated[ExprField, Tag("expr")],
-    Discriminator(_field_tag),
+    Discriminator(_tag_by_key("expr", ExprField, "feature")),
 ]
 
 
@@ -102,8 +107,7 @@ class ExprOptions(BaseModel):
 
 OptionsSpec = Annotated[
     Annotated[FixedOptions, Tag("fixed")] | Annotated[ExprOptions, Tag("expr")],
-    Discriminator(lambda v: ("fixed" if "fixed" in v else "expr") if isinstance(v, dict) else (
-        "fixed" if isinstance(v, FixedOptions) else "expr")),
+    Discriminator(_tag_by_key("fixed", FixedOptions, "expr")),
 ]
 
 
@@ -253,8 +257,7 @@ class StepsSize(BaseModel):
 
 MixtureSize = Annotated[
     Annotated[ExamplesSize, Tag("examples")] | Annotated[StepsSize, Tag("steps")],
-    Discriminator(lambda v: ("examples" if "examples" in v else "steps") if isinstance(v, dict) else (
-        "examples" if isinstance(v, ExamplesSize) else "steps")),
+    Discriminator(_tag_by_key("examples", ExamplesSize, "steps")),
 ]
 
 
