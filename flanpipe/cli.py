@@ -20,6 +20,7 @@ from flanpipe.report import compile_table, plan_table, rates_table
 from flanpipe.verify import verify_output
 from flanpipe.spec import write_schemas
 from flanpipe.writers import sha256_file
+from trainer import __main__ as trainer_cli
 from flanpipe.vocab import train_from_collection
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compile FLAN-style instruction-tuning data.")
@@ -196,6 +197,14 @@ def audit(out: Annotated[Path, typer.Argument(help="A compiled output directory.
     console.print(audit_table(document))
     if document["status"]["failed"]:
         raise typer.Exit(1)
+
+
+# The trainer's commands, under the same CLI: flanpipe train | eval | prompt-tune (jax loads only when run).
+app.command("train", help="Train (or resume) a JAX model on a compiled split (see docs/trainer.md).")(
+    trainer_cli.train)
+app.command("eval", help="Evaluate a checkpoint on the split's held-out eval sets.")(trainer_cli.eval_)
+app.command("prompt-tune", help="Prompt-tune a frozen model on one held-out dataset, then evaluate.")(
+    trainer_cli.prompt_tune)
 
 
 def run() -> None:

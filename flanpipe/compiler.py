@@ -200,7 +200,8 @@ def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob]) -> JobContext:
         window=p.packing.window, packing=p.packing.enabled, algorithm=p.packing.algorithm, truncate=p.truncate,
         maximum_rate=p.mixing.maximum_rate,
         mixture_examples=size.examples if isinstance(size, ExamplesSize) else None,
-        mixture_tokens=None if isinstance(size, ExamplesSize) else size.steps * size.batch_tokens)
+        mixture_tokens=None if isinstance(size, ExamplesSize) else size.steps * size.batch_tokens,
+        prompt_tuning_sets=p.prompt_tuning_sets)
 
 
 def _finish_split(out: str, split: SplitPlan, plan: Plan, tokenizer: Tokenizer, kept: dict[str, int]
@@ -252,6 +253,8 @@ def _finish_split(out: str, split: SplitPlan, plan: Plan, tokenizer: Tokenizer, 
         "fewshot_eval": {d: {"file": f"fewshot_eval/{d}.parquet", "kind": plan.collection.datasets[d].kind,
                              "metric": _metric(plan, d)} for d in split.eval
                          if f"fewshot_eval/{d}.parquet" in files},
+        "prompt_tuning": {d: {"file": f"prompt_tuning/{d}.parquet"} for d in split.eval
+                          if f"prompt_tuning/{d}.parquet" in files},
         "summary": summary,
         "counts": {"clusters": dict(sorted(per_cluster.items())), "datasets": dict(sorted(datasets.items())),
                    "templates": dict(sorted(templates.items()))},

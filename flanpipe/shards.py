@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from flanpipe import storage
-from flanpipe.cache import DatasetJob, eval_table
+from flanpipe.cache import DatasetJob, eval_table, train_variant
 from flanpipe.hashing import stable_hash
 from flanpipe.mixing import allocate, mixing_rates, select
 from flanpipe.packing import Trimmed, pack, trim
@@ -42,6 +42,7 @@ class JobContext:
     maximum_rate: int
     mixture_examples: int | None  # None: sized from mixture_tokens
     mixture_tokens: int | None
+    prompt_tuning_sets: bool = False
 
 
 def shard_name(shard: int, shards: int) -> str:
@@ -151,11 +152,17 @@ def _rows_table(cols: dict[str, list[Any]], layout: RecordLayout) -> pa.Table:
 def write_eval(ctx: JobContext, split: str, job: DatasetJob) -> list[str]:
     """Copy the dataset's cached eval rows (validation, then test) to <split>/eval/<dataset>.parquet,
     and the few-shot ones to <split>/fewshot_eval/<dataset>.parquet when the pipeline has few-shot."""
-    written = []
+    written: list[str] = []
     for folder, fewshot in (("eval", False), ("fewshot_eval", True)):
         table = eval_table(job, fewshot=fewshot)
         if table is not None:
             path = storage.join(ctx.out_dir, split, folder, f"{job.spec.name}.parquet")
             write_parquet(path, table)
             written.append(path)
+    if ctx.prompt_tuning_sets and "train" in job.spec.source.splits:
+        rows = train_variant(job, 0).select(["key", "template", "inputs", "targets"]).rename_columns(
+            ["example_key", "template", "inputs", "targets"])
+        path = storage.join(ctx.out_dir, split, "prompt_tuning", f"{job.spec.name}.parquet")
+        write_parquet(path, rows)
+        written.append(path)
     return written

@@ -320,6 +320,8 @@ class PipelineSpec(BaseModel):
     template_choice: Literal["hash", "round_robin"] = Field(description="How each example's template is chosen.")
     options_format: OptionsFormat
     fewshot: FewShot | None = Field(default=None, description="Few-shot variant; None builds zero-shot data.")
+    prompt_tuning_sets: bool = Field(
+        description="Also write each held-out dataset's rendered train examples (prompt_tuning/<dataset>.parquet).")
     output: Output
 
 

@@ -67,6 +67,7 @@ eval_instructions: natural
 template_choice: hash
 options_format: {header: "\\n\\nOPTIONS:", item: "\\n- {option}"}
 output: {shards: 2}
+prompt_tuning_sets: false
 """
 
 

@@ -1,0 +1,376 @@
+"""Reads a compiled split: manifests, the grain train loader, the tokenizer, eval rows, and device placement.
+
+The train loader is a grain pipeline over the split's ArrayRecord shards::
+
+    range(rows) -> shuffle(seed, new order each epoch) -> repeat -> [process::processes]
+                -> batch of record indices -> one batched read + decode per batch
+
+so batch ``i`` is a pure function of (seed, i), the iterator state is just the next batch
+index, and the global batch does not depend on how many processes or devices share it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import grain
+import jax
+import numpy as np
+import pyarrow.parquet as pq
+import sentencepiece as spm
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flanpipe import packing
+from flanpipe.errors import OutputError, SpecError, TokenizerError, did_you_mean
+from flanpipe.records import decode_example
+from flanpipe.schema import EOS_ID, PAD_ID, Layout, RecordLayout
+from trainer.config import TrainerConfig
+
+FORMAT = "flanpipe/1"
+EVAL_COLUMNS = ("dataset", "split", "example_key", "template", "turned", "inputs", "targets", "options", "answer_index")
+Batch = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One held-out dataset's evaluation rows and how to score them."""
+
+    dataset: str
+    file: Path
+    kind: Literal["classification", "generation"]
+    metric: Literal["accuracy", "bleu", "rouge"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """What the trainer needs from ``DIR/manifest.json`` and ``DIR/<split>/manifest.json``."""
+
+    path: Path
+    name: str
+    layout: Layout
+    inputs_length: int
+    targets_length: int
+    vocab_size: int
+    shards: tuple[Path, ...]
+    rows: int
+    eval_sets: Mapping[str, EvalSet]
+    fewshot_eval_sets: Mapping[str, EvalSet]
+    prompt_tuning_files: Mapping[str, Path]
+    tokenizer_file: Path
+    tokenizer_sha256: str
+    truncate: Literal["right", "left"]
+
+    @property
+    def record_layout(self) -> RecordLayout:
+        """The packed-record layout every train row must have."""
+        return RecordLayout(self.layout, self.inputs_length, self.targets_length)
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One rendered evaluation example (one template applied to one example)."""
+
+    dataset: str
+    split: str
+    example_key: str
+    template: int
+    turned: bool
+    inputs: str
+    targets: str
+    options: tuple[str, ...]
+    answer_index: int
+
+
+# --------------------------------------------------------------------------- manifests
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OutputError(f"{path}: not found; is this a split directory written by `flanpipe compile`?") from None
+    except json.JSONDecodeError as e:
+        raise OutputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise OutputError(f"{path}: expected a JSON object")
+    return data
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: Path, where: str = "") -> Any:
+    name = f"{where}.{key}" if where else key
+    if key not in data:
+        raise OutputError(f"{path}: {name}: required field is missing")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise OutputError(f"{path}: {name}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _eval_sets(entries: Mapping[str, Any], split_dir: Path, manifest: Path, where: str) -> dict[str, EvalSet]:
+    out = {}
+    for dataset, entry in entries.items():
+        loc = f"{where}.{dataset}"
+        kind = _field(entry, "kind", str, manifest, loc)
+        metric = _field(entry, "metric", str, manifest, loc)
+        # Rank classification yields accuracy; generation is scored with BLEU or ROUGE.
+        if (kind, metric) not in (("classification", "accuracy"), ("generation", "bleu"), ("generation", "rouge")):
+            raise OutputError(f"{manifest}: {loc}: cannot score kind {kind!r} with metric {metric!r}")
+        out[dataset] = EvalSet(dataset, split_dir / _field(entry, "file", str, manifest, loc), kind, metric)
+    return out
+
+
+def open_split(path: str | Path) -> Split:
+    """Read and check the manifests of one compiled split directory ``DIR/<split>``.
+
+    Raises:
+      OutputError: a manifest is missing, malformed, or of another format version.
+    """
+    split_dir = Path(path)
+    top_path, split_path = split_dir.parent / "manifest.json", split_dir / "manifest.json"
+    top, manifest = _read_json(top_path), _read_json(split_path)
+    if top.get("format") != FORMAT:
+        raise OutputError(f"{top_path}: format is {top.get('format')!r}, this trainer reads {FORMAT!r}")
+    name = _field(manifest, "split", str, split_path)
+    splits = _field(top, "splits", list, top_path)
+    if name not in splits:
+        raise OutputError(f"{top_path}: splits does not list {name!r}{did_you_mean(name, splits)}")
+    layout = _field(manifest, "layout", str, split_path)
+    if layout not in ("decoder_only", "encoder_decoder"):
+        raise OutputError(f"{split_path}: layout: unknown layout {layout!r}")
+    lengths = _field(manifest, "lengths", dict, split_path)
+    for key, expected in (("pad_id", PAD_ID), ("eos_id", EOS_ID)):
+        if _field(manifest, key, int, split_path) != expected:
+            raise OutputError(f"{split_path}: {key} is {manifest[key]}, flanpipe.schema fixes it at {expected}")
+    train = _field(manifest, "train", dict, split_path)
+    # A shard is a path relative to the split directory, or {"file": path, ...}.
+    shard_list = _field(train, "shards", list, split_path, "train")
+    shards = tuple(split_dir / (s["file"] if isinstance(s, dict) else s) for s in shard_list)
+    tokenizer = _field(top, "tokenizer", dict, top_path)
+    return Split(
+        path=split_dir,
+        name=name,
+        layout=layout,  # type: ignore[arg-type]
+        inputs_length=_field(lengths, "inputs", int, split_path, "lengths"),
+        targets_length=_field(lengths, "targets", int, split_path, "lengths"),
+        vocab_size=_field(manifest, "vocab_size", int, split_path),
+        shards=shards,
+        rows=_field(train, "rows", int, split_path, "train"),
+        eval_sets=_eval_sets(manifest.get("eval", {}), split_dir, split_path, "eval"),
+        fewshot_eval_sets=_eval_sets(manifest.get("fewshot_eval", {}), split_dir, split_path, "fewshot_eval"),
+        prompt_tuning_files={
+            ds: split_dir / _field(entry, "file", str, split_path, f"prompt_tuning.{ds}")
+            for ds, entry in manifest.get("prompt_tuning", {}).items()
+        },
+        tokenizer_file=top_path.parent / _field(tokenizer, "file", str, top_path, "tokenizer"),
+        tokenizer_sha256=_field(tokenizer, "sha256", str, top_path, "tokenizer"),
+        # Which end of a too-long input the compiler cut (its pipeline's `truncate`), so eval
+        # rows are cut the same way; seqio's default, "right", when the manifest does not say.
+        truncate=_truncate_side(top, top_path),
+    )
+
+
+def _truncate_side(top: Mapping[str, Any], path: Path) -> Literal["right", "left"]:
+    side = top.get("pipeline", {}).get("resolved", {}).get("truncate", "right")
+    if side not in ("right", "left"):
+        raise OutputError(f"{path}: pipeline.resolved.truncate: expected 'right' or 'left', got {side!r}")
+    return side
+
+
+def check_split(split: Split, config: TrainerConfig, config_path: str | Path = "<config>") -> None:
+    """Refuse a split the model config cannot train on: vocabulary size, layout or lengths differ.
+
+    Raises:
+      SpecError: naming the config field, both values, and what to change.
+    """
+    checks = (
+        ("model.vocab_size", config.model.vocab_size, split.vocab_size, "vocab_size"),
+        ("model.layout", config.model.layout, split.layout, "layout"),
+        ("data.inputs_length", config.data.inputs_length, split.inputs_length, "lengths.inputs"),
+        ("data.targets_length", config.data.targets_length, split.targets_length, "lengths.targets"),
+    )
+    for field, ours, theirs, manifest_field in checks:
+        if ours != theirs:
+            raise SpecError(
+                config_path, None, field,
+                f"is {ours!r} but split {split.name!r} has {manifest_field} {theirs!r} "
+                f"({split.path / 'manifest.json'}); use a config that matches the split "
+                f"(or --set {field}={theirs}) or recompile the split",
+            )
+
+
+def load_tokenizer(split: Split) -> spm.SentencePieceProcessor:
+    """The split's SentencePiece model, checked against the manifest's sha256, vocabulary and special ids.
+
+    Raises:
+      TokenizerError: the file is missing or differs from what the split was compiled with.
+    """
+    try:
+        blob = split.tokenizer_file.read_bytes()
+    except FileNotFoundError:
+        raise TokenizerError(f"{split.tokenizer_file}: tokenizer model not found") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != split.tokenizer_sha256:
+        raise TokenizerError(
+            f"{split.tokenizer_file}: sha256 {digest[:12]}… differs from the manifest's "
+            f"{split.tokenizer_sha256[:12]}…; the split was compiled with another tokenizer"
+        )
+    tokenizer = spm.SentencePieceProcessor(model_proto=blob)
+    if tokenizer.get_piece_size() != split.vocab_size:
+        raise TokenizerError(
+            f"{split.tokenizer_file}: {tokenizer.get_piece_size()} pieces, manifest says {split.vocab_size}")
+    if tokenizer.pad_id() != PAD_ID or tokenizer.eos_id() != EOS_ID:
+        raise TokenizerError(
+            f"{split.tokenizer_file}: pad/eos ids are {tokenizer.pad_id()}/{tokenizer.eos_id()}, "
+            f"flanpipe.schema expects {PAD_ID}/{EOS_ID}"
+        )
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- train loader
+def train_dataset(
+    split: Split,
+    *,
+    batch_rows: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    read_threads: int = 0,
+    prefetch_batches: int = 0,
+) -> grain.IterDataset:
+    """Endless, deterministic batches of this process's share of the packed train rows.
+
+    Args:
+      split: from ``open_split``.
+      batch_rows: rows in the *global* batch; each process yields ``batch_rows // process_count``.
+      seed: fixes the order; every epoch is a different permutation.
+      process_index, process_count: this process's share (jax.process_index/count()).
+      read_threads, prefetch_batches: grain ReadOptions (threads decode whole batches ahead).
+
+    Returns:
+      A grain IterDataset of {feature: int32 [rows, length]}; its iterators have get_state/set_state.
+    """
+    if batch_rows % process_count:
+        raise ValueError(f"batch_rows {batch_rows} is not divisible by process_count {process_count}")
+    if not split.shards or split.rows == 0:
+        raise OutputError(f"{split.path / 'manifest.json'}: the split has no train rows")
+    missing = [str(p) for p in split.shards if not p.exists()]
+    if missing:
+        raise OutputError(f"{split.path}: train shards missing: {', '.join(missing)}")
+    source = grain.sources.ArrayRecordDataSource([str(p) for p in split.shards])
+    if len(source) != split.rows:
+        raise OutputError(
+            f"{split.path / 'manifest.json'}: train.rows is {split.rows} but the shards hold {len(source)}")
+    layout = split.record_layout
+
+    def read(indices: np.ndarray) -> Batch:
+        # One batched read per batch (array_record's __getitems__ is ~25x faster than one by one).
+        records = source.__getitems__(indices.tolist())
+        rows = []
+        for index, record in zip(indices.tolist(), records):
+            try:
+                rows.append(decode_example(record, layout))
+            except ValueError as e:
+                raise OutputError(f"{split.path}: train record {index}: {e}") from None
+        return {name: np.stack([row[name] for row in rows]) for name in layout.features}
+
+    indices = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+    batches = indices[process_index::process_count].batch(
+        batch_rows // process_count, drop_remainder=True, batch_fn=lambda xs: np.asarray(xs, np.int64)
+    )
+    options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+    return batches.map(read).to_iter_dataset(options)
+
+
+# --------------------------------------------------------------------------- devices
+def make_mesh() -> Mesh:
+    """A 1-D data-parallel mesh over every device of every process."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows split over the mesh's data axis (the batch dimension), everything else whole."""
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble each process's rows into global arrays split over the mesh's batch axis."""
+    sharding = batch_sharding(mesh)
+    return {name: jax.make_array_from_process_local_data(sharding, value) for name, value in batch.items()}
+
+
+def shard_full_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Split a batch that every process holds in full (eval rows) over the mesh's batch axis."""
+    sharding = batch_sharding(mesh)
+    return {
+        name: jax.make_array_from_callback(value.shape, sharding, lambda index, value=value: value[index])
+        for name, value in batch.items()
+    }
+
+
+# --------------------------------------------------------------------------- eval rows
+def read_eval_rows(file: Path) -> list[EvalRow]:
+    """Rows of one ``eval/<dataset>.parquet`` file, in file order.
+
+    Raises:
+      OutputError: the file is missing or lacks a column of the eval-set contract.
+    """
+    if not file.exists():
+        raise OutputError(f"{file}: eval set not found")
+    table = pq.read_table(file)
+    missing = [c for c in EVAL_COLUMNS if c not in table.column_names]
+    if missing:
+        raise OutputError(f"{file}: missing column(s) {', '.join(missing)}")
+    columns = {c: table.column(c).to_pylist() for c in EVAL_COLUMNS}
+    return [
+        EvalRow(
+            dataset=str(columns["dataset"][i]), split=str(columns["split"][i]),
+            example_key=str(columns["example_key"][i]), template=int(columns["template"][i]),
+            turned=bool(columns["turned"][i]), inputs=columns["inputs"][i], targets=columns["targets"][i],
+            options=tuple(columns["options"][i] or ()), answer_index=int(columns["answer_index"][i]),
+        )
+        for i in range(table.num_rows)
+    ]
+
+
+def featurize(
+    input_ids: Sequence[int],
+    target_ids: Sequence[int],
+    *,
+    layout: Layout,
+    inputs_length: int,
+    targets_length: int,
+    prompt_length: int = 0,
+    truncate: Literal["right", "left"] = "right",
+) -> Batch:
+    """One unpacked row, built by the compiler's own code (flanpipe.packing.trim + build_row).
+
+    So eval and prompt-tuning rows are exactly what training saw: inputs and targets each end
+    in EOS after truncation (inputs on the compiler's ``truncate`` side), the prefix-LM mask
+    covers inputs + EOS + the first target position, and the loss weights cover targets + EOS.
+    ``prompt_length`` extra leading input positions (token 0) are reserved for a soft prompt.
+    For generation pass ``target_ids=[]``: the first target position holds EOS until decoding
+    overwrites it.
+    """
+    trimmed = packing.trim(list(input_ids), list(target_ids), RecordLayout(layout, inputs_length, targets_length),
+                           side=truncate)
+    if prompt_length:
+        slots = np.full(prompt_length, PAD_ID, np.int32)
+        trimmed = dataclasses.replace(trimmed, inputs=np.concatenate([slots, trimmed.inputs]))
+    return packing.build_row([trimmed], RecordLayout(layout, inputs_length + prompt_length, targets_length))
+
+
+def stack_rows(rows: Sequence[Batch], batch_size: int) -> Batch:
+    """Stack featurized rows into one batch, padding with all-zero rows up to ``batch_size``."""
+    out = {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+    extra = batch_size - len(rows)
+    return {name: np.pad(value, ((0, extra), (0, 0))) for name, value in out.items()}
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """Consecutive chunks of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
