@@ -17,11 +17,22 @@ CONFIGS = REPO / "trainer" / "configs"
 
 def test_every_shipped_config_loads() -> None:
     names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-    assert names == ["flan_137b", "flan_2b", "flan_422m", "flan_68b", "flan_8b", "tiny"]
+    assert names == ["flan2021_cpu", "flan_137b", "flan_2b", "flan_422m", "flan_68b", "flan_8b", "tiny"]
     for name in names:
         config = load_config(CONFIGS / f"{name}.yaml")
         assert config.name == name and config.prompt_tuning.prompt_length == 10
         assert config.prompt_tuning.weight_decay == 1e-4
+
+
+def test_cpu_config_matches_the_bundled_flan2021_splits() -> None:
+    from flanpipe.spec import load_pipeline
+    from flanpipe.tokenizer import DEFAULT_MODEL, Tokenizer
+
+    config = load_config(CONFIGS / "flan2021_cpu.yaml")
+    pipeline, _ = load_pipeline(Path(__file__).resolve().parent.parent / "pipelines" / "flan2021.yaml")
+    assert config.model.vocab_size == Tokenizer.from_file(DEFAULT_MODEL).vocab_size
+    assert (config.data.inputs_length, config.data.targets_length) == (pipeline.lengths.inputs,
+                                                                       pipeline.lengths.targets)
 
 
 def test_defaults_are_the_papers() -> None:
