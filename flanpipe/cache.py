@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flanpipe import __version__, storage
+from flanpipe.mixing import mix_order
 from flanpipe.prepare import FewShotRenderer, RenderSettings, fields_kept, keep_capped, render_eval, render_train, variants_available
 from flanpipe.sources import read_examples
 from flanpipe.spec import DatasetSpec, SamplesSource, TfdsDataSource
@@ -19,7 +20,7 @@ from flanpipe.templates import CompiledDataset
 from flanpipe.tokenizer import Tokenizer
 from flanpipe.writers import read_json, write_json, write_parquet
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,11 @@ def prepare(job: DatasetJob) -> dict[str, Any]:
         _atomic_parquet(job.file("train-v0.parquet"), table)
         lengths = [len(a) + len(b) + 2 for a, b in zip(table.column("input_ids").to_pylist(),
                                                       table.column("target_ids").to_pylist())]
-        meta.update(counts=counts, keys=[k for k, _ in train],
+        keys = [k for k, _ in train]
+        meta.update(counts=counts, keys=keys, order=mix_order(keys, seed=job.settings.seed, dataset=job.spec.name),
                     mean_tokens=(sum(lengths) / len(lengths)) if lengths else 0.0)
     else:
-        meta.update(counts={"read": 0, "filtered": 0, "capped": 0, "kept": 0}, keys=[], mean_tokens=0.0)
+        meta.update(counts={"read": 0, "filtered": 0, "capped": 0, "kept": 0}, keys=[], order=[], mean_tokens=0.0)
     shots = None
     if job.settings.fewshot is not None and job.eval_splits and "train" in job.spec.source.splits:
         pool, _ = _kept_train(job, compiled)
@@ -106,30 +108,36 @@ def prepare(job: DatasetJob) -> dict[str, Any]:
     return {**meta, "cache": "miss"}
 
 
-# Every held-out split reads the same variant tables: keep the most recent ones per worker process.
-_RECENT: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()
-_RECENT_MAX = 32
-
-
 def train_variant(job: DatasetJob, variant: int) -> pa.Table:
     """The cached table of one train variant, rendering it first when missing.
 
     Variants beyond the templates available repeat (variant mod 10, or 0 without templates).
     """
     variant %= variants_available(job.settings)
-    memo = (job.key, variant)
-    if memo in _RECENT:
-        _RECENT.move_to_end(memo)
-        return _RECENT[memo]
     path = job.file(f"train-v{variant}.parquet")
     if not storage.exists(path):
         compiled = CompiledDataset(job.spec, cluster_title=job.cluster_title)
         train, _ = _kept_train(job, compiled)
         _atomic_parquet(path, render_train(compiled, train, variant, job.settings, job.tokenizer))
-    table = _RECENT[memo] = _read_parquet(path)
-    while len(_RECENT) > _RECENT_MAX:
+    return _read_parquet(path)
+
+
+# Every shard of every split reads rows of the same variant tables: keep recent ones per
+# worker process as Python columns, bounded by their total number of rows.
+_RECENT: OrderedDict[tuple[str, int], dict[str, list[Any]]] = OrderedDict()
+_RECENT_MAX_ROWS = 500_000
+
+
+def train_rows(job: DatasetJob, variant: int) -> dict[str, list[Any]]:
+    """Columns of one train variant (see train_variant), memoized per process."""
+    memo = (job.key, variant % variants_available(job.settings))
+    if memo in _RECENT:
+        _RECENT.move_to_end(memo)
+        return _RECENT[memo]
+    rows = _RECENT[memo] = train_variant(job, variant).to_pydict()
+    while len(_RECENT) > 1 and sum(len(r["row"]) for r in _RECENT.values()) > _RECENT_MAX_ROWS:
         _RECENT.popitem(last=False)
-    return table
+    return rows
 
 
 def eval_table(job: DatasetJob, *, fewshot: bool = False) -> pa.Table | None:

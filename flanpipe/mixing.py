@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from flanpipe.hashing import stable_hash
 
@@ -38,13 +38,21 @@ def allocate(rates: Mapping[str, float], total: int) -> dict[str, int]:
     return out
 
 
-def select(n_examples: int, count: int, *, seed: int, dataset: str, keys: list[str]) -> list[tuple[int, int]]:
-    """Which (example row, variant) pairs make up a dataset's ``count`` examples in a mixture.
+def mix_order(keys: Sequence[str], *, seed: int, dataset: str) -> list[int]:
+    """The seeded order in which a dataset's examples are used by every mixture (rows of ``keys``)."""
+    return sorted(range(len(keys)), key=lambda i: (stable_hash(seed, "mix-order", dataset, keys[i]), i))
 
-    Examples are visited in a seeded order; once all are used the next pass takes variant 1
-    (the next template), and so on, so a repeated example is rendered differently.
+
+def uses(order: Sequence[int], start: int, stop: int) -> list[tuple[int, int]]:
+    """(example row, variant) of a dataset's uses ``start``..``stop - 1`` in a mixture.
+
+    Use j takes the example at ``order[j % n]``; once all n are used the next pass takes
+    variant 1 (the next template), and so on, so a repeated example is rendered differently.
     """
-    if n_examples == 0:
-        return []
-    order = sorted(range(n_examples), key=lambda i: (stable_hash(seed, "mix-order", dataset, keys[i]), i))
-    return [(order[j % n_examples], j // n_examples) for j in range(count)]
+    n = len(order)
+    return [(order[j % n], j // n) for j in range(start, stop)] if n else []
+
+
+def shard_range(count: int, shard: int, shards: int) -> tuple[int, int]:
+    """The contiguous block of a dataset's ``count`` uses that shard ``shard`` of ``shards`` holds."""
+    return count * shard // shards, count * (shard + 1) // shards

@@ -1,9 +1,9 @@
-"""Per-split work on a worker: choose mixture items, and pack + write one shard or one eval set."""
+"""Per-split work on a worker: a shard's mixture uses, packed and streamed to its files; eval sets."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,16 +13,16 @@ import pyarrow as pa
 from flanpipe import storage
 from flanpipe.cache import DatasetJob, eval_table, train_variant
 from flanpipe.hashing import stable_hash
-from flanpipe.mixing import allocate, mixing_rates, select
+from flanpipe.mixing import allocate, mixing_rates, shard_range, uses
 from flanpipe.packing import Trimmed, pack, trim
 from flanpipe.plan import SplitPlan
 from flanpipe.records import encode_example
 from flanpipe.schema import RecordLayout
-from flanpipe.writers import write_array_record, write_json, write_parquet
+from flanpipe.writers import ArrayRecordSink, ParquetSink, write_json, write_parquet
 
 STATS_DIR = ".stats"
-# An item is one use of one example in a mixture (plain tuple: cheap to pickle and shuffle).
-Item = tuple[int, str, str, int, int, bool, str, str, bytes, bytes]
+# One use of one example in a mixture: (shuffle key, dataset, example row, variant).
+Use = tuple[int, str, int, int]
 
 
 @dataclass(frozen=True)
@@ -49,69 +49,89 @@ def shard_name(shard: int, shards: int) -> str:
     return f"{shard:05d}-of-{shards:05d}"
 
 
-def allocate_split(split: SplitPlan, metas: dict[str, dict[str, Any]], ctx: JobContext
-                   ) -> Iterator[tuple[str, str, int]]:
-    """(split, dataset, examples) for every training dataset of the split, from the prepared counts."""
+def allocate_split(split: SplitPlan, metas: dict[str, dict[str, Any]], ctx: JobContext) -> dict[str, int]:
+    """Examples per training dataset of the split, from the prepared (filtered, capped) counts."""
     counts = {d: metas[d]["counts"]["kept"] for d in split.train}
     rates = mixing_rates(counts, ctx.maximum_rate)
     total = ctx.mixture_examples
     if total is None:  # steps x batch tokens: as many examples as the expected tokens fill
         mean = sum(rates[d] * metas[d]["mean_tokens"] for d in rates)
         total = max(1, round(ctx.mixture_tokens / mean))  # type: ignore[operator]
-    for dataset, n in allocate(rates, total).items():
-        if n:
-            yield split.name, dataset, n
+    return {d: n for d, n in allocate(rates, total).items() if n}
 
 
-def mix_items(job: DatasetJob, keys: list[str], n: int, *, split: str, seed: int, num_shards: int,
-              load: Callable[[DatasetJob, int], pa.Table]) -> Iterator[tuple[int, Item]]:
-    """The ``n`` uses of a dataset in a split, each with its shard and its shuffle key."""
-    picks = select(len(keys), n, seed=seed, dataset=job.spec.name, keys=keys)
-    tables: dict[int, dict[str, list[Any]]] = {}
-    for use, (row, variant) in enumerate(picks):
-        if variant not in tables:
-            tables[variant] = load(job, variant).to_pydict()
-        t = tables[variant]
-        key = t["key"][row]
-        order = stable_hash(seed, "shuffle", split, job.spec.name, key, use)
-        item: Item = (order, job.spec.name, key, variant, t["template"][row], t["turned"][row], t["inputs"][row],
-                      t["targets"][row], np.asarray(t["input_ids"][row], np.int32).tobytes(),
-                      np.asarray(t["target_ids"][row], np.int32).tobytes())
-        yield order % num_shards, item
+def shard_uses(split: SplitPlan, shard: int, metas: dict[str, dict[str, Any]], ctx: JobContext) -> list[Use]:
+    """The uses a shard holds — a contiguous block of every dataset's uses — in shuffled order.
+
+    Only small integers and keys are kept per use; the texts and tokens are read per window.
+    """
+    out: list[Use] = []
+    for dataset, n in sorted(allocate_split(split, metas, ctx).items()):
+        start, stop = shard_range(n, shard, ctx.shards)
+        keys = metas[dataset]["keys"]
+        for j, (row, variant) in zip(range(start, stop), uses(metas[dataset]["order"], start, stop)):
+            out.append((stable_hash(ctx.seed, "shuffle", split.name, dataset, keys[row], j), dataset, row, variant))
+    out.sort()
+    return out
 
 
-def write_shard(ctx: JobContext, split: str, shard: int, items: list[Item], clusters: dict[str, str]
-                ) -> dict[str, Any]:
-    """Shuffle (by key), pack window by window, and write the shard's three files; return its stats."""
-    items.sort(key=lambda i: (i[0], i[1], i[2], i[3]))
-    layout = ctx.layout
-    base = storage.join(ctx.out_dir, split)
-    name = shard_name(shard, ctx.shards)
-    records: list[bytes] = []
-    row_cols: dict[str, list[Any]] = defaultdict(list)
-    ex_cols: dict[str, list[Any]] = defaultdict(list)
-    stats: dict[str, Any] = {"split": split, "shard": shard, "rows": 0, "examples": 0, "tokens": 0,
+def write_shard(ctx: JobContext, split: SplitPlan, shard: int, metas: dict[str, dict[str, Any]],
+                load: Callable[[DatasetJob, int], dict[str, list[Any]]]) -> dict[str, Any]:
+    """Pack the shard's uses window by window, streaming its three files; return its stats.
+
+    Memory holds one window of examples (plus the per-use integers), whatever the mixture size.
+    """
+    layout, base, name = ctx.layout, storage.join(ctx.out_dir, split.name), shard_name(shard, ctx.shards)
+    records = ArrayRecordSink(storage.join(base, "train", f"{name}.array_record"))
+    rows_out = ParquetSink(storage.join(base, "train", f"{name}.parquet"), rows_schema(layout))
+    examples_out = ParquetSink(storage.join(base, "examples", f"{name}.parquet"), EXAMPLES_SCHEMA)
+    stats: dict[str, Any] = {"split": split.name, "shard": shard, "rows": 0, "examples": 0, "tokens": 0,
                              "input_truncated": 0, "target_truncated": 0,
                              "datasets": Counter(), "templates": Counter(), "turned": 0}
-    for start in range(0, len(items), ctx.window):
-        window = items[start:start + ctx.window]
-        trimmed = [trim(np.frombuffer(i[8], np.int32), np.frombuffer(i[9], np.int32), layout,
-                        side=ctx.truncate) for i in window]  # type: ignore[arg-type]
+    all_uses = shard_uses(split, shard, metas, ctx)
+    for start in range(0, len(all_uses), ctx.window):
+        window = [_example(ctx, u, load) for u in all_uses[start:start + ctx.window]]
+        trimmed = [trim(e.input_ids, e.target_ids, layout, side=ctx.truncate) for e in window]  # type: ignore[arg-type]
+        row_cols: dict[str, list[Any]] = defaultdict(list)
+        ex_cols: dict[str, list[Any]] = defaultdict(list)
         for members, row in pack(trimmed, layout, algorithm=ctx.algorithm, enabled=ctx.packing):  # type: ignore[arg-type]
-            row_index = len(records)
-            records.append(encode_example(row))
+            row_index = records.count
+            records.write(encode_example(row))
             for feature, values in row.items():
                 row_cols[feature].append(values)
             for segment, m in enumerate(members, 1):
-                _add_example(ex_cols, window[m], trimmed[m], clusters, row_index, segment)
+                _add_example(ex_cols, window[m], trimmed[m], row_index, segment)
                 _count(stats, window[m], trimmed[m])
-    stats["rows"] = len(records)
-    write_array_record(storage.join(base, "train", f"{name}.array_record"), records)
-    write_parquet(storage.join(base, "train", f"{name}.parquet"), _rows_table(row_cols, layout))
-    write_parquet(storage.join(base, "examples", f"{name}.parquet"), pa.table(ex_cols, schema=EXAMPLES_SCHEMA))
+        rows_out.write(_rows_table(row_cols, layout))
+        examples_out.write(pa.table(ex_cols, schema=EXAMPLES_SCHEMA))
+    stats["rows"] = records.commit()
+    rows_out.commit()
+    examples_out.commit()
     stats["datasets"], stats["templates"] = dict(stats["datasets"]), dict(stats["templates"])
     write_json(storage.join(base, STATS_DIR, f"{name}.json"), stats)
     return stats
+
+
+@dataclass(frozen=True)
+class _Example:
+    dataset: str
+    cluster: str
+    key: str
+    variant: int
+    template: int
+    turned: bool
+    inputs: str
+    targets: str
+    input_ids: list[int]
+    target_ids: list[int]
+
+
+def _example(ctx: JobContext, use: Use, load: Callable[[DatasetJob, int], dict[str, list[Any]]]) -> _Example:
+    _, dataset, row, variant = use
+    job = ctx.datasets[dataset]
+    t = load(job, variant)
+    return _Example(dataset, job.spec.cluster, t["key"][row], variant, t["template"][row], t["turned"][row],
+                    t["inputs"][row], t["targets"][row], t["input_ids"][row], t["target_ids"][row])
 
 
 EXAMPLES_SCHEMA = pa.schema([
@@ -122,31 +142,33 @@ EXAMPLES_SCHEMA = pa.schema([
 ])
 
 
-def _add_example(cols: dict[str, list[Any]], item: Item, t: Trimmed, clusters: dict[str, str], row: int,
-                 segment: int) -> None:
-    _, dataset, key, variant, template, turned, inputs, targets, _, _ = item
-    for name, value in (("dataset", dataset), ("cluster", clusters[dataset]), ("example_key", key),
-                        ("variant", variant), ("template", template), ("turned", turned), ("inputs", inputs),
-                        ("targets", targets), ("input_tokens", len(t.inputs)), ("target_tokens", len(t.targets)),
+def _add_example(cols: dict[str, list[Any]], e: _Example, t: Trimmed, row: int, segment: int) -> None:
+    for name, value in (("dataset", e.dataset), ("cluster", e.cluster), ("example_key", e.key),
+                        ("variant", e.variant), ("template", e.template), ("turned", e.turned), ("inputs", e.inputs),
+                        ("targets", e.targets), ("input_tokens", len(t.inputs)), ("target_tokens", len(t.targets)),
                         ("input_truncated", t.input_truncated), ("target_truncated", t.target_truncated),
                         ("row", row), ("segment", segment)):
         cols[name].append(value)
 
 
-def _count(stats: dict[str, Any], item: Item, t: Trimmed) -> None:
+def _count(stats: dict[str, Any], e: _Example, t: Trimmed) -> None:
     stats["examples"] += 1
     stats["tokens"] += len(t.inputs) + len(t.targets)
     stats["input_truncated"] += int(t.input_truncated)
     stats["target_truncated"] += int(t.target_truncated)
-    stats["datasets"][item[1]] += 1
-    stats["templates"][f"{item[1]}/{item[4]}"] += 1
-    stats["turned"] += int(item[5])
+    stats["datasets"][e.dataset] += 1
+    stats["templates"][f"{e.dataset}/{e.template}"] += 1
+    stats["turned"] += int(e.turned)
+
+
+def rows_schema(layout: RecordLayout) -> pa.Schema:
+    """Parquet schema of packed rows: one list<int32> column per feature, in name order."""
+    return pa.schema([(n, pa.list_(pa.int32())) for n in sorted(layout.features)])
 
 
 def _rows_table(cols: dict[str, list[Any]], layout: RecordLayout) -> pa.Table:
-    names = sorted(layout.features)
     return pa.table({n: pa.array([np.asarray(v, np.int32) for v in cols.get(n, [])], pa.list_(pa.int32()))
-                     for n in names})
+                     for n in sorted(layout.features)}, schema=rows_schema(layout))
 
 
 def write_eval(ctx: JobContext, split: str, job: DatasetJob) -> list[str]:

@@ -30,30 +30,63 @@ def _commit(tmp: str, final: str) -> None:
     storage.rename(tmp, final)
 
 
+class ArrayRecordSink:
+    """Writes records one by one to a temp ArrayRecord file; ``commit`` renames it into place."""
+
+    def __init__(self, url: str):
+        _parent(url)
+        self.url = url
+        self.local = storage.is_local(url)
+        if self.local:
+            self.tmp_local = temp_url(storage.filesystem(url)[1])
+        else:  # ArrayRecord writes only local files: write locally, upload under the temp name at commit
+            fd, self.tmp_local = tempfile.mkstemp(suffix=".array_record")
+            os.close(fd)
+        # group_size:1 makes every record its own chunk: a random access reads one record.
+        self.writer = ArrayRecordWriter(self.tmp_local, "group_size:1")
+        self.count = 0
+
+    def write(self, record: bytes) -> None:
+        self.writer.write(record)
+        self.count += 1
+
+    def commit(self) -> int:
+        """Close, then atomically publish the file; returns the record count."""
+        self.writer.close()
+        if self.local:
+            _commit(self.tmp_local, self.url)
+        else:
+            tmp = temp_url(self.url)
+            storage.upload(self.tmp_local, tmp)
+            os.unlink(self.tmp_local)
+            _commit(tmp, self.url)
+        return self.count
+
+
 def write_array_record(url: str, records: Iterable[bytes]) -> int:
     """Write serialized records to an ArrayRecord file atomically; returns the record count."""
-    _parent(url)
-    local = storage.is_local(url)
-    if local:
-        tmp_local = temp_url(storage.filesystem(url)[1])
-    else:
-        fd, tmp_local = tempfile.mkstemp(suffix=".array_record")
-        os.close(fd)
-    # group_size:1 makes every record its own chunk: a random access reads one record.
-    writer = ArrayRecordWriter(tmp_local, "group_size:1")
-    n = 0
+    sink = ArrayRecordSink(url)
     for record in records:
-        writer.write(record)
-        n += 1
-    writer.close()
-    if local:
-        _commit(tmp_local, url)
-    else:  # ArrayRecord writes only local files: upload under the temp name, then rename
-        tmp = temp_url(url)
-        storage.upload(tmp_local, tmp)
-        os.unlink(tmp_local)
-        _commit(tmp, url)
-    return n
+        sink.write(record)
+    return sink.commit()
+
+
+class ParquetSink:
+    """Writes tables as row groups to a temp Parquet file; ``commit`` renames it into place."""
+
+    def __init__(self, url: str, schema: pa.Schema):
+        _parent(url)
+        self.url, self.tmp = url, temp_url(url)
+        self.file = storage.open_file(self.tmp, "wb")
+        self.writer = pq.ParquetWriter(self.file, schema, compression="zstd")
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+
+    def commit(self) -> None:
+        self.writer.close()
+        self.file.close()
+        _commit(self.tmp, self.url)
 
 
 def write_parquet(url: str, table: pa.Table, *, unique_tmp: bool = False) -> None:

@@ -49,4 +49,4 @@ def test_dataflow_job_graph_builds_without_submitting(world):
         cache_dir=str(world / "cache"),
         beam_args=("--project=example-project-1", "--region=us-central1", "--temp_location=gs://example-bucket/t")))
     assert stages[:2] == ["Datasets", "Prepare"] and stages[-1] == "Done"
-    assert {"Mix", "GroupByShard", "PackAndWrite", "WriteEval"} <= set(stages)
+    assert {"Shards", "PackAndWrite", "WriteEval"} <= set(stages)

@@ -31,35 +31,20 @@ class Prepare(beam.DoFn):
         yield name, meta
 
 
-class Mix(beam.DoFn):
-    """(split, dataset, n) -> ((split, shard), item) for the n (example, variant) uses of the dataset."""
-
-    def __init__(self, ctx: JobContext):
-        self.ctx = ctx
-        self.examples = Metrics.counter("flanpipe", "mixed_examples")
-
-    def process(self, element: tuple[str, str, int], metas: dict[str, dict[str, Any]]
-                ) -> Iterator[tuple[tuple[str, int], tuple[Any, ...]]]:
-        split, dataset, n = element
-        job = self.ctx.datasets[dataset]
-        for shard, item in shards.mix_items(job, metas[dataset]["keys"], n, split=split, seed=self.ctx.seed,
-                                            num_shards=self.ctx.shards, load=cache.train_variant):
-            self.examples.inc()
-            yield (split, shard), item
-
-
 class PackAndWrite(beam.DoFn):
-    """((split, shard), items) -> shard files written atomically, and the shard's statistics."""
+    """(split, shard) -> the shard's files, streamed window by window; yields the shard's statistics."""
 
     def __init__(self, ctx: JobContext):
         self.ctx = ctx
         self.rows = Metrics.counter("flanpipe", "packed_rows")
+        self.examples = Metrics.counter("flanpipe", "mixed_examples")
 
-    def process(self, element: tuple[tuple[str, int], Any]) -> Iterator[dict[str, Any]]:
-        (split, shard), items = element
-        clusters = {name: job.spec.cluster for name, job in self.ctx.datasets.items()}
-        stats = shards.write_shard(self.ctx, split, shard, [i for i in items if i is not None], clusters)
+    def process(self, element: tuple[str, int], metas: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        split_name, shard = element
+        split = next(s for s in self.ctx.splits if s.name == split_name)
+        stats = shards.write_shard(self.ctx, split, shard, metas, cache.train_rows)
         self.rows.inc(stats["rows"])
+        self.examples.inc(stats["examples"])
         yield stats
 
 
@@ -76,18 +61,18 @@ class WriteEval(beam.DoFn):
 
 
 def build(p: beam.Pipeline, ctx: JobContext) -> None:
-    """Add the compile's transforms to ``p``."""
+    """Add the compile's transforms to ``p``.
+
+    No example data goes through a shuffle: every shard computes its own block of each
+    dataset's uses and reads the rendered examples from the shared cache, so a worker's
+    memory is bounded by one packing window whatever the mixture size.
+    """
     metas = (p | "Datasets" >> beam.Create(sorted(ctx.datasets))
              | "Prepare" >> beam.ParDo(Prepare(ctx)))
     metas_dict = beam.pvalue.AsDict(metas)
-    items = (p | "Splits" >> beam.Create([s for s in ctx.splits if s.train])
-             | "Allocate" >> beam.FlatMap(lambda s, m: shards.allocate_split(s, m, ctx), m=metas_dict)
-             | "Mix" >> beam.ParDo(Mix(ctx), metas=metas_dict))
-    # Every shard exists even when no example lands in it: seed each key with a None.
-    empty = p | "ShardKeys" >> beam.Create([((s.name, k), None) for s in ctx.splits for k in range(ctx.shards)])
-    written = ((items, empty) | "Union" >> beam.Flatten()
-               | "GroupByShard" >> beam.GroupByKey()
-               | "PackAndWrite" >> beam.ParDo(PackAndWrite(ctx))
+    written = (p | "Shards" >> beam.Create([(s.name, k) for s in ctx.splits for k in range(ctx.shards)])
+               | "Reshuffle" >> beam.Reshuffle()
+               | "PackAndWrite" >> beam.ParDo(PackAndWrite(ctx), metas=metas_dict)
                | "ShardFiles" >> beam.Map(lambda stats: f"{stats['split']}/{stats['shard']}"))
     evals = (p | "EvalSets" >> beam.Create([(s.name, d) for s in ctx.splits for d in s.eval])
              | "WriteEval" >> beam.ParDo(WriteEval(ctx), metas=metas_dict))
