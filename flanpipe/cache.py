@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import OrderedDict
@@ -37,7 +38,7 @@ class DatasetJob:
     cache_dir: str
     eval_splits: tuple[str, ...]  # validation/test when the dataset is evaluated somewhere
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Hash of everything that changes this dataset's rendered and tokenized data."""
         blob = json.dumps({

@@ -35,8 +35,14 @@ def trim(inputs: Sequence[int], targets: Sequence[int], layout: RecordLayout, *,
         inputs = inputs[:room_in] if side == "right" else inputs[len(inputs) - room_in:]
     if cut_out:
         targets = targets[:room_out]
-    return Trimmed(np.append(np.asarray(inputs, np.int32), EOS_ID).astype(np.int32),
-                   np.append(np.asarray(targets, np.int32), EOS_ID).astype(np.int32), cut_in, cut_out)
+    return Trimmed(_with_eos(inputs), _with_eos(targets), cut_in, cut_out)
+
+
+def _with_eos(ids: Sequence[int]) -> np.ndarray:
+    out = np.empty(len(ids) + 1, np.int32)
+    out[:-1] = ids
+    out[-1] = EOS_ID
+    return out
 
 
 def best_fit_decreasing(sizes: Sequence[tuple[int, ...]], capacity: tuple[int, ...]) -> list[list[int]]:
