@@ -6,7 +6,8 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
@@ -339,21 +340,23 @@ def validate_located(model: type[M], located: Located, prefix: Loc = ()) -> M:
 
 def spec_error_from(error: ValidationError, located: Located, prefix: Loc = ()) -> SpecError:
     """Turn a pydantic error into one SpecError naming the file, the line and the field path."""
-    err = error.errors()[0]
+    errors = error.errors()
+    # A misspelt key shows up twice: the unknown key and the missing field it meant. Report the
+    # unknown key, whose message can suggest the right name.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     # Keep only location parts present in the data: pydantic inserts union/discriminator
     # tags (e.g. 'expr' in fields.x.expr.expr) that are not keys of the YAML.
     clean: list[str | int] = []
     data: Any = located.data
-    for part in err["loc"]:
+    for i, part in enumerate(err["loc"]):
         if isinstance(data, dict) and part in data:
             clean.append(part)
             data = data[part]
         elif isinstance(data, list) and isinstance(part, int) and part < len(data):
             clean.append(part)
             data = data[part]
-        elif err["type"] in ("extra_forbidden", "missing"):
-            clean.append(part)
-            break
+        elif i == len(err["loc"]) - 1 and err["type"] in ("extra_forbidden", "missing"):
+            clean.append(part)  # the unknown or missing key itself
     full = prefix + tuple(clean)
     path, line = located.where(full)
     kind = err["type"]
@@ -370,37 +373,38 @@ def spec_error_from(error: ValidationError, located: Located, prefix: Loc = ()) 
 
 
 def _model_fields_at(error: ValidationError, loc: list[str | int]) -> list[str]:
-    """Names a model accepts next to an unknown key (for did-you-mean)."""
-    title = error.title
-    model = _MODELS.get(title)
-    if model is None:
-        return []
-    current: Any = model
+    """Names the schema accepts next to an unknown key (for did-you-mean), by walking the annotations."""
+    annotation: Any = _MODELS.get(error.title)
     for part in loc[:-1]:
-        current = _field_model(current, part)
-        if current is None:
+        annotation = _step(annotation, part)
+        if annotation is None:
             return []
-    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+    return sorted({name for model in _models(annotation) for name in model.model_fields})
 
 
-def _field_model(model: Any, part: str | int) -> Any:
-    if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
-        return _inner(model)
-    info = model.model_fields.get(part)
-    return _inner(info.annotation) if info else None
-
-
-def _inner(annotation: Any) -> Any:
-    """Unwrap list[X] / dict[str, X] / X | None / Annotated to the single model X, if any."""
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation can be, through Annotated / unions / Optional (not through containers)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    args = [a for a in get_args(annotation) if a is not type(None)]
-    models = [m for m in (_inner(a) for a in args) if m is not None]
-    if len(models) == 1:
-        return models[0]
-    if models:
-        merged = type("Union", (), {"model_fields": {k: None for m in models for k in m.model_fields}})
-        return merged
+        return [annotation]
+    if get_origin(annotation) in (Annotated, Union, UnionType):
+        return [m for arg in get_args(annotation) for m in _models(arg)]
+    return []
+
+
+def _step(annotation: Any, part: str | int) -> Any:
+    """The annotation of ``annotation[part]``: a model field, a list item or a dict value."""
+    models = _models(annotation)
+    if models and isinstance(part, str):
+        found = [m.model_fields[part].annotation for m in models if part in m.model_fields]
+        return found[0] if len(found) == 1 else (Union[tuple(found)] if found else None)
+    origin = get_origin(annotation)
+    if origin in (Annotated, Union, UnionType):
+        steps = [a for a in (_step(arg, part) for arg in get_args(annotation)) if a is not None]
+        return steps[0] if len(steps) == 1 else (Union[tuple(steps)] if steps else None)
+    if origin is list:
+        return get_args(annotation)[0]
+    if origin is dict:
+        return get_args(annotation)[1]
     return None
 
 

@@ -153,3 +153,22 @@ def test_committed_schemas_are_current(tmp_path):
     committed = Path(__file__).resolve().parent.parent / "docs" / "schemas"
     for path in tmp_path.iterdir():
         assert (committed / path.name).read_text() == path.read_text(), f"run `flanpipe schema` ({path.name})"
+
+
+@pytest.mark.parametrize("old,new,suggestion", [
+    ("premise: {feature: premise}", "premise: {featur: premise}", "'feature'"),
+    ("options: {fixed: [\"yes\", \"no\"]}", "options: {fixd: [\"yes\", \"no\"]}", "'fixed'"),
+    ("    target: \"{{ answer }}\"\n", "    targt: \"{{ answer }}\"\n", "'target'"),
+])
+def test_did_you_mean_inside_unions_lists_and_maps(tmp_path, old, new, suggestion):
+    path = _rte_with(tmp_path, old, new)
+    with pytest.raises(SpecError) as e:
+        load_dataset_file(path)
+    assert "unknown key" in str(e.value) and f"did you mean {suggestion}" in str(e.value)
+
+
+def test_did_you_mean_in_pipeline_variants(tmp_path):
+    path = write(tmp_path / "p.yaml", PIPE.replace("source: {kind: samples}", "source: {kind: tfds, data_dri: /x}"))
+    with pytest.raises(SpecError) as e:
+        load_pipeline(path)
+    assert str(e.value) == f"{path}:3: source.data_dri: unknown key (did you mean 'data_dir'?)"
