@@ -12,8 +12,3 @@ def stable_hash(seed: int, purpose: str, *parts: object) -> int:
     for part in parts:
         h.update(b"\x1f" + str(part).encode())
     return int.from_bytes(h.digest(), "big")
-
-
-def stable_uniform(seed: int, purpose: str, *parts: object) -> float:
-    """A float in [0, 1) derived from stable_hash."""
-    return stable_hash(seed, purpose, *parts) / 2.0**64

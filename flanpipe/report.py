@@ -45,19 +45,6 @@ def rates_table(plan: Plan, split: SplitPlan) -> Table:
     return table
 
 
-def summary_table(title: str, rows: list[Mapping[str, Any]]) -> Table:
-    """A plain table from a list of dicts sharing keys (compile summaries)."""
-    table = Table(title=title)
-    if not rows:
-        return table
-    for key in rows[0]:
-        table.add_column(str(key), justify="right" if isinstance(rows[0][key], (int, float)) else "left")
-    for row in rows:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) else (f"{v:.4f}" if isinstance(v, float) else str(v))
-                        for v in row.values()))
-    return table
-
-
 def compile_table(manifest: Mapping[str, Any]) -> Table:
     """One row per compiled split: examples, rows, tokens, packing efficiency, truncations."""
     table = Table(title=f"compiled {manifest['pipeline']['name']} ({manifest['pipeline']['hash'][:12]})")

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from flanpipe.audit import audit_output
-from flanpipe.compiler import CompileOptions, run_compile
 
-from compile_fixtures import WORDS, make_world
+from compile_fixtures import WORDS, compile_world, make_world
 from conftest import TINY_TAXONOMY, write
 
 # Each bad dataset plants one problem; MISC lists them in the cluster trained by both splits.
@@ -141,6 +140,5 @@ def compiled(kind: str) -> tuple[Path, dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix=f"audit-{kind}-"))
     atexit.register(shutil.rmtree, root, True)
     planted = make_bad_world(root) if kind == "bad" else (make_world(root) and {})
-    run_compile(root / "pipeline.yaml", CompileOptions(out=root / "out", cache_dir=root / "cache",
-                                                       templates=root / "templates"))
+    compile_world(root)
     return root / "out", planted

@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+from flanpipe.compiler import CompileOptions, CompileResult, run_compile
 from flanpipe.tokenizer import train_tokenizer
 
 from conftest import PIPE, TINY_TAXONOMY, generation_yaml, write
@@ -44,3 +45,10 @@ def make_world(root: Path, *, train: int = 40, seed: int = 0, pipeline_extra: st
                 .replace("held_out: [natural_language_inference]", "held_out: [natural_language_inference, sentiment]")
                 + pipeline_extra)
     return write(root / "pipeline.yaml", pipeline)
+
+
+def compile_world(root: Path, out: str = "out", **options: object) -> CompileResult:
+    """Compile ``root``'s pipeline into ``root/out`` with the world's templates and ``root/cache``."""
+    options.setdefault("cache_dir", str(root / "cache"))
+    return run_compile(root / "pipeline.yaml", CompileOptions(out=str(root / out), templates=root / "templates",
+                                                              **options))  # type: ignore[arg-type]

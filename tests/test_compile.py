@@ -23,13 +23,13 @@ from flanpipe.schema import EOS_ID, RecordLayout
 from flanpipe.tokenizer import Tokenizer
 from flanpipe.verify import verify_output
 
-from compile_fixtures import make_world
+from compile_fixtures import compile_world, make_world
 
 
 def _compile(world: Path, out: str, **kw):
-    opts = CompileOptions(out=str(world / out), cache_dir=str(kw.pop("cache_dir", world / "cache")),
-                          templates=world / "templates", **kw)
-    return run_compile(world / "pipeline.yaml", opts)
+    if "cache_dir" in kw:
+        kw["cache_dir"] = str(kw["cache_dir"])
+    return compile_world(world, out, **kw)
 
 
 @pytest.fixture(scope="module")

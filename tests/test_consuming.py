@@ -16,13 +16,8 @@ import re
 from pathlib import Path
 
 import pytest
-from array_record.python.array_record_module import ArrayRecordReader
 
-from flanpipe.compiler import CompileOptions, run_compile
-from flanpipe.schema import RecordLayout
-from flanpipe.tfds_export import DATASET_INFO, tfds_name, write_tfds_metadata
-
-from compile_fixtures import make_world
+from compile_fixtures import compile_world, make_world
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "consuming.md"
 SPLIT = "natural_language_inference"  # classification eval set (rte): every eval branch of the doc runs
@@ -69,17 +64,8 @@ def _exec(code: str, line: int, namespace: dict) -> None:
 def split_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("consuming-world")
     make_world(root)
-    run_compile(root / "pipeline.yaml", CompileOptions(out=root / "out", cache_dir=root / "cache",
-                                                       templates=root / "templates"))
+    compile_world(root)
     split = root / "out" / SPLIT
-    if not (split / DATASET_INFO).exists():  # until compile writes the TFDS metadata itself
-        lengths = []
-        for path in sorted((split / "train").glob("*.array_record")):
-            reader = ArrayRecordReader(str(path))
-            lengths.append(reader.num_records())
-            reader.close()
-        write_tfds_metadata(split, RecordLayout("decoder_only", 64, 16), shard_lengths=lengths,
-                            name=tfds_name("base", SPLIT))
     return split
 
 

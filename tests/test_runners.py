@@ -10,15 +10,14 @@ import pytest
 from flanpipe.compiler import CompileOptions, describe_compile, run_compile
 from flanpipe.verify import verify_output
 
-from compile_fixtures import make_world
+from compile_fixtures import compile_world, make_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runners")
     make_world(root)
-    run_compile(root / "pipeline.yaml", CompileOptions(out=str(root / "local"), cache_dir=str(root / "cache"),
-                                                       templates=root / "templates"))
+    compile_world(root, "local")
     return root
 
 
@@ -28,8 +27,7 @@ def _files(out: Path) -> dict[str, str]:
 
 def test_dask_local_cluster_gives_the_same_bytes(world):
     pytest.importorskip("distributed")
-    run_compile(world / "pipeline.yaml", CompileOptions(out=str(world / "dask"), cache_dir=str(world / "dcache"),
-                                                        templates=world / "templates", runner="dask", workers=2))
+    compile_world(world, "dask", cache_dir=str(world / "dcache"), runner="dask", workers=2)
     assert _files(world / "dask") == _files(world / "local")
     assert verify_output(str(world / "dask")) == []
 

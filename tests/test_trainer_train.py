@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import trainer_fixtures as fx
-from compile_fixtures import make_world
+from compile_fixtures import compile_world, make_world
 from rich.console import Console
 from typer.testing import CliRunner
 
-from flanpipe.compiler import CompileOptions, run_compile
 from flanpipe.errors import SpecError
 from trainer.__main__ import app
 from trainer.evaluate import evaluate
@@ -128,8 +127,7 @@ def test_cli_reports_errors_in_one_line(split_dir: Path, tmp_path: Path) -> None
 
 def test_trains_and_evaluates_a_split_the_compiler_wrote(tmp_path: Path) -> None:
     make_world(tmp_path)  # the compiler's own test world: rte (classification) + two generation sets
-    run_compile(tmp_path / "pipeline.yaml",
-                CompileOptions(out=tmp_path / "out", cache_dir=tmp_path / "cache", templates=tmp_path / "templates"))
+    compile_world(tmp_path)
     split = tmp_path / "out" / "natural_language_inference"
     manifest = json.loads((split / "manifest.json").read_text())
     overrides = [f"model.vocab_size={manifest['vocab_size']}", f"data.inputs_length={manifest['lengths']['inputs']}",

@@ -12,9 +12,6 @@ from flanpipe import cache, shards
 from flanpipe.shards import JobContext
 
 
-CACHE_MISS_NAMESPACE = "flanpipe.cache_miss"  # one counter per dataset rendered by this job
-
-
 class Prepare(beam.DoFn):
     """Dataset name -> (name, meta); renders and tokenizes into the cache on a miss."""
 
@@ -26,8 +23,6 @@ class Prepare(beam.DoFn):
     def process(self, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
         meta = cache.prepare(self.ctx.datasets[name])
         (self.hits if meta["cache"] == "hit" else self.misses).inc()
-        if meta["cache"] == "miss":
-            Metrics.counter(CACHE_MISS_NAMESPACE, name).inc()
         yield name, meta
 
 
