@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flanpipe import preview, validate as validation
 from flanpipe.audit import AuditSettings, audit_table, run_audit
@@ -16,10 +20,11 @@ from flanpipe.collection import TEMPLATES_DIR
 from flanpipe.errors import CompileError
 from flanpipe.compiler import DEFAULT_CACHE, CompileOptions, describe_compile, run_compile
 from flanpipe.plan import load_plan
+from flanpipe.progress import Snapshot
 from flanpipe.report import compile_table, plan_table, rates_table
 from flanpipe.verify import verify_output
 from flanpipe.spec import write_schemas
-from flanpipe.writers import sha256_file
+from flanpipe.files import sha256_file
 from trainer import __main__ as trainer_cli
 from flanpipe.vocab import train_from_collection
 
@@ -36,11 +41,42 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks fo
     _STATE["debug"] = debug
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception, *, log: Path | None = None) -> None:
     if _STATE["debug"]:
         raise error
     err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    if log is not None and log.exists() and log.stat().st_size:
+        err_console.print(f"[dim]worker log: {log}[/]", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+@contextmanager
+def _worker_logs(*, enabled: bool) -> Iterator[tuple[Path | None, Console]]:
+    """Send everything written to file descriptor 2 (Beam's worker processes log there) to a log file.
+
+    Yields the log's path and a console on a copy of the original descriptor, for flanpipe's
+    own progress. The log is removed after a successful compile and kept, and named, after a failure.
+    """
+    if not enabled:
+        yield None, err_console
+        return
+    fd, name = tempfile.mkstemp(prefix="flanpipe-compile-", suffix=".log")
+    saved = os.dup(2)
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    sys.stderr.flush()
+    os.dup2(fd, 2)
+    os.close(fd)
+    ok = False
+    try:
+        yield Path(name), Console(file=terminal, force_terminal=err_console.is_terminal)
+        ok = True
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        terminal.close()
+        if ok:
+            os.unlink(name)
 
 
 @app.command()
@@ -156,18 +192,43 @@ def compile_(
             _fail(e)
         console.print(f"{runner} job, {len(stages)} stages:\n  " + "\n  ".join(stages), highlight=False)
         return
-    say = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[dim]{msg}[/]"))
+    log: Path | None = None
     try:
-        result = run_compile(pipeline, options, progress=say)
+        with _worker_logs(enabled=not _STATE["debug"]) as (log, terminal):
+            say = (lambda msg: None) if quiet or json_out else (lambda msg: terminal.print(f"[dim]{msg}[/]"))
+            with _job_progress(terminal, enabled=not (quiet or json_out)) as watch:
+                result = run_compile(pipeline, options, progress=say, watch=watch)
     except CompileError as e:
-        _fail(e)
+        _fail(e, log=log)
     manifest = result.manifest
-    say(f"rendered {len(result.cache_misses)} dataset(s), {len(manifest['datasets']) - len(result.cache_misses)} "
-        f"from the cache ({cache_dir})")
+    if not (quiet or json_out):
+        err_console.print(f"[dim]read and rendered {len(result.cache_misses)} dataset(s), "
+                          f"{len(manifest['datasets']) - len(result.cache_misses)} from the cache ({cache_dir})[/]")
     if json_out:
         console.print_json(data=manifest["summary"])
     elif not quiet:
         console.print(compile_table(manifest))
+
+
+@contextmanager
+def _job_progress(terminal: Console, *, enabled: bool) -> Iterator[Callable[[Snapshot], None] | None]:
+    """A live rich display of the job's committed work (datasets, chunks, shards, eval sets), or nothing."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=terminal, transient=False) as bar:
+        tasks = {name: bar.add_task(name, total=None) for name in
+                 ("datasets prepared", "chunks rendered", "shards written", "eval sets written")}
+
+        def show(s: Snapshot) -> None:
+            for name, done, total in (("datasets prepared", s.datasets_done, s.datasets),
+                                      ("chunks rendered", s.chunks_done, s.chunks or None),
+                                      ("shards written", s.shards_done, s.shards),
+                                      ("eval sets written", s.evals_done, s.evals)):
+                bar.update(tasks[name], completed=done, total=total)
+
+        yield show
 
 
 @app.command()

@@ -6,38 +6,33 @@ import fcntl
 import hashlib
 import json
 import os
-from contextlib import contextmanager
-from importlib.metadata import PackageNotFoundError, version
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-
-from flanpipe import __version__
-from flanpipe.beam.job import build
+from flanpipe import __version__, manifest, storage
+from flanpipe.beam.job import MIXTURES_FILE, build
 from flanpipe.beam.runner import describe_job, run_job
-from flanpipe import cache, storage
-from flanpipe.cache import DatasetJob
 from flanpipe.collection import TEMPLATES_DIR
 from flanpipe.errors import OutputError
-from flanpipe.mixing import mixing_rates
+from flanpipe.files import LOCK_NAME, checksums, read_json, sha256_file, write_bytes
+from flanpipe.jobs import DatasetJob, JobContext, RenderSettings, mixtures_of
+from flanpipe.manifest import MANIFEST, FORMAT, SplitManifest, TopManifest
 from flanpipe.plan import Plan, SplitPlan, load_plan
-from flanpipe.prepare import RenderSettings
-from flanpipe.schema import RecordLayout
-from flanpipe.shards import STATS_DIR, JobContext, shard_name
+from flanpipe.progress import Snapshot, Watcher
+from flanpipe.schema import PAD_ID, EOS_ID, RecordLayout
 from flanpipe.sources import source_fingerprint
 from flanpipe.spec import ExamplesSize
 from flanpipe.tfds_export import tfds_name, write_tfds_metadata
 from flanpipe.tokenizer import Tokenizer
 from flanpipe.verify import datasets_in_split, leakage
-from flanpipe.writers import LOCK_NAME, checksums, read_json, sha256_file, write_bytes, write_json
+from flanpipe.write import STATS_DIR, shard_name
 
-FORMAT = "flanpipe/1"
 IN_PROGRESS = ".in_progress.json"
-MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.model"
 DEFAULT_CACHE = Path.home() / ".cache" / "flanpipe"
 
@@ -45,7 +40,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "flanpipe"
 @dataclass(frozen=True)
 class CompileResult:
     manifest: dict[str, Any]
-    cache_misses: list[str]  # datasets rendered + tokenized by this compile (the rest came from the cache)
+    cache_misses: list[str]  # datasets read and rendered by this compile (the rest came from the cache)
 
 
 @dataclass(frozen=True)
@@ -60,6 +55,7 @@ class CompileOptions:
     templates: Path = TEMPLATES_DIR
     beam_args: tuple[str, ...] = ()
     dask_address: str | None = None
+    table_cache_mb: int = 256  # per worker: rendered rows kept while packing
 
 
 def tokenizer_path(plan: Plan) -> Path:
@@ -68,9 +64,10 @@ def tokenizer_path(plan: Plan) -> Path:
 
 
 def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, DatasetJob]:
-    """One picklable preparation job per dataset the plan trains on or evaluates."""
+    """One picklable job per dataset the plan trains on or evaluates."""
     settings = RenderSettings.of(plan.pipeline)
     evaluated = {d for s in plan.splits for d in s.eval}
+    trained = {d for s in plan.splits for d in s.train}
     jobs = {}
     for name in plan.datasets:
         spec = plan.collection.datasets[name]
@@ -79,7 +76,7 @@ def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, 
             spec_sha256=sha256_file(plan.collection.paths[name]), source=plan.pipeline.source,
             source_fingerprint=source_fingerprint(spec, plan.pipeline.source), settings=settings,
             tokenizer=tokenizer, cache_dir=storage.resolve(cache_dir),
-            eval_splits=("validation", "test") if name in evaluated else ())
+            eval_splits=("validation", "test") if name in evaluated else (), trained=name in trained)
     return jobs
 
 
@@ -116,13 +113,16 @@ def describe_compile(pipeline: str | Path, options: CompileOptions) -> list[str]
     plan = load_plan(pipeline, templates=options.templates, only=list(options.splits) or None)
     tokenizer = Tokenizer.from_file(tokenizer_path(plan))
     jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
-    ctx = _context(plan, storage.resolve(options.out), jobs)
+    ctx = _context(plan, storage.resolve(options.out), jobs, options)
     return describe_job(lambda p: build(p, ctx), options.runner, beam_args=options.beam_args)
 
 
-def run_compile(pipeline: str | Path, options: CompileOptions,
-                progress: Callable[[str], None] = lambda msg: None) -> CompileResult:
+def run_compile(pipeline: str | Path, options: CompileOptions, progress: Callable[[str], None] = lambda msg: None,
+                watch: Callable[[Snapshot], None] | None = None) -> CompileResult:
     """Compile a pipeline into ``options.out``; returns the top-level manifest and the cache misses.
+
+    ``progress`` receives one-line messages; ``watch``, when given, a snapshot of the job's
+    committed work about once a second while it runs.
 
     Raises:
       CompileError: bad pipeline, tokenizer, source or output directory (before the job starts),
@@ -142,29 +142,24 @@ def run_compile(pipeline: str | Path, options: CompileOptions,
         storage.remove(storage.join(out, MANIFEST))  # the output is about to change: it must not look complete
         for split in plan.splits:  # stale files of an interrupted or earlier compile
             storage.remove_tree(storage.join(out, split.name))
-        write_json(storage.join(out, IN_PROGRESS), {"pipeline": resolved})
+        write_bytes(storage.join(out, IN_PROGRESS), json.dumps({"pipeline": resolved}).encode())
         # Read before the job, not from Beam metrics: not every runner reports metrics (DaskRunner does not).
-        misses = sorted(n for n, j in jobs.items() if not storage.exists(j.file("meta.json")))
-        ctx = _context(plan, out, jobs)
-        progress(f"running the Beam job ({options.runner}, {len(jobs)} datasets, {len(plan.splits)} splits)")
-        run_job(lambda p: build(p, ctx), options.runner, workers=options.workers, mode=options.mode,
-                beam_args=options.beam_args, dask_address=options.dask_address)
-        progress("writing manifests")
-        write_bytes(storage.join(out, TOKENIZER_FILE), tokenizer.model_proto)
-        kept = {n: cache.prepare(j)["counts"]["kept"] for n, j in jobs.items()}  # cache hits: reads meta.json
-        split_manifests = {s.name: _finish_split(out, s, plan, tokenizer, kept) for s in ctx.splits}
-        manifest = {
-            "format": FORMAT, "pipeline": resolved,
-            "tokenizer": {"file": TOKENIZER_FILE, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
-                          "source": tok_path.name},
-            "versions": _versions(), "splits": [s.name for s in ctx.splits],
-            "datasets": {n: {"cache_key": j.key, "cluster": j.spec.cluster} for n, j in sorted(jobs.items())},
-            "summary": {n: m["summary"] for n, m in split_manifests.items()},
-            "files": checksums(out, exclude=[MANIFEST, IN_PROGRESS]),
-        }
-        write_json(storage.join(out, MANIFEST), manifest)
+        misses = sorted(n for n, j in jobs.items() if not all(storage.exists(j.entry.read_meta(s)) for s in j.splits))
+        ctx = _context(plan, out, jobs, options)
+        progress(f"running the Beam job ({options.runner}, {len(jobs)} datasets, {len(plan.splits)} splits, "
+                 f"{len(ctx.mixtures)} distinct train mixtures)")
+        with Watcher(ctx, watch) if watch else _nothing():
+            run_job(lambda p: build(p, ctx), options.runner, workers=options.workers, mode=options.mode,
+                    beam_args=options.beam_args, dask_address=options.dask_address)
+        progress("checking the output and writing manifests")
+        top = _finish(plan, ctx, tokenizer, tok_path, resolved)
         storage.remove(storage.join(out, IN_PROGRESS))
-        return CompileResult(manifest, misses)
+        return CompileResult(top.model_dump(mode="json"), misses)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 @contextmanager
@@ -190,81 +185,98 @@ def _exclusive(out: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob]) -> JobContext:
+def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob], options: CompileOptions) -> JobContext:
     p = plan.pipeline
     size = p.mixture_size
     return JobContext(
-        out_dir=out, datasets=jobs,
-        splits=plan.splits,
+        out_dir=out, datasets=jobs, splits=plan.splits, mixtures=mixtures_of(plan.splits),
         layout=RecordLayout(p.layout, p.lengths.inputs, p.lengths.targets), seed=p.seed, shards=p.output.shards,
         window=p.packing.window, packing=p.packing.enabled, algorithm=p.packing.algorithm, truncate=p.truncate,
         maximum_rate=p.mixing.maximum_rate,
         mixture_examples=size.examples if isinstance(size, ExamplesSize) else None,
         mixture_tokens=None if isinstance(size, ExamplesSize) else size.steps * size.batch_tokens,
-        prompt_tuning_sets=p.prompt_tuning_sets)
+        prompt_tuning_sets=p.prompt_tuning_sets, table_cache_bytes=options.table_cache_mb << 20)
 
 
-def _finish_split(out: str, split: SplitPlan, plan: Plan, tokenizer: Tokenizer, kept: dict[str, int]
-                  ) -> dict[str, Any]:
-    base = storage.join(out, split.name)
+def _finish(plan: Plan, ctx: JobContext, tokenizer: Tokenizer, tok_path: Path, resolved: dict[str, Any]
+            ) -> TopManifest:
+    """Check what the job wrote, then write every split manifest and the top manifest (last)."""
+    out = ctx.out_dir
+    mixes = read_json(storage.join(out, MIXTURES_FILE))
+    computed_in = {s: m.name for m in ctx.mixtures for s in (m.name, *m.aliases)}
+    reads = {n: {s: read_json(j.entry.read_meta(s))["counts"] for s in j.splits} for n, j in ctx.datasets.items()}
+    tok_digest = write_bytes(storage.join(out, TOKENIZER_FILE), tokenizer.model_proto)
+    known = {TOKENIZER_FILE: tok_digest}
+    split_manifests = {}
+    for split in ctx.splits:
+        m, digests = _finish_split(plan, ctx, split, mixes[computed_in[split.name]], computed_in[split.name],
+                                   tokenizer, reads)
+        split_manifests[split.name] = m
+        known.update({f"{split.name}/{rel}": d for rel, d in digests.items()})
+    storage.remove(storage.join(out, MIXTURES_FILE))
+    top = TopManifest(
+        format=FORMAT, pipeline=resolved,
+        tokenizer={"file": TOKENIZER_FILE, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
+                   "source": tok_path.name},
+        versions=_versions(), splits=[s.name for s in ctx.splits],
+        datasets={n: {"cache_key": j.key, "cluster": j.spec.cluster, "read": reads[n]}
+                  for n, j in sorted(ctx.datasets.items())},
+        summary={n: m.summary for n, m in split_manifests.items()},
+        files=checksums(out, exclude=[MANIFEST, IN_PROGRESS], known=known),
+    )
+    manifest.write(storage.join(out, MANIFEST), top)
+    return top
+
+
+def _finish_split(plan: Plan, ctx: JobContext, split: SplitPlan, mix: dict[str, Any], computed_in: str,
+                  tokenizer: Tokenizer, reads: dict[str, dict[str, dict[str, int]]]
+                  ) -> tuple[SplitManifest, dict[str, str]]:
+    base = storage.join(ctx.out_dir, split.name)
     files = storage.list_files(base)
-    stats = [read_json(storage.join(base, f)) for f in files if f.startswith(STATS_DIR + "/")]
-    expected = {f"{STATS_DIR}/{shard_name(k, plan.pipeline.output.shards)}.json"
-                for k in range(plan.pipeline.output.shards)}
-    missing = sorted(expected - set(files)) + sorted(f"eval/{d}.parquet" for d in split.eval
-                                                     if f"eval/{d}.parquet" not in files)
+    names = {shard_name(k, ctx.shards) for k in range(ctx.shards)}
+    expected = [f"{STATS_DIR}/{n}.json" for n in sorted(names)] + [f"{STATS_DIR}/eval-{d}.json" for d in split.eval]
+    missing = [f for f in expected if f not in files]
     if missing:  # a runner that silently skipped work must not yield a complete-looking output
-        raise OutputError(f"{base}: the Beam job finished without writing {', '.join(missing)}; "
-                          f"no manifest written")
+        raise OutputError(f"{base}: the Beam job finished without writing {', '.join(missing)}; no manifest written")
+    shards = sorted((read_json(storage.join(base, f"{STATS_DIR}/{n}.json")) for n in names), key=lambda s: s["shard"])
+    digests: dict[str, str] = {}
+    for s in shards:
+        digests.update(s["files"])
+    for d in split.eval:
+        digests.update(read_json(storage.join(base, f"{STATS_DIR}/eval-{d}.json"))["files"])
     clusters = {d: s.cluster for d, s in plan.collection.datasets.items()}
     leaked = leakage(clusters, split.removed, datasets_in_split(base))
     if leaked:
         raise OutputError(f"{base}: leakage: train shards contain {', '.join(leaked)} from removed clusters "
                           f"{', '.join(split.removed)}; no manifest written")
-    datasets: Counter[str] = Counter()
-    templates: Counter[str] = Counter()
-    for s in stats:
-        datasets.update(s["datasets"])
-        templates.update(s["templates"])
-    rows = sum(s["rows"] for s in stats)
-    tokens = sum(s["tokens"] for s in stats)
-    layout = RecordLayout(plan.pipeline.layout, plan.pipeline.lengths.inputs, plan.pipeline.lengths.targets)
-    per_cluster: Counter[str] = Counter()
-    for d, n in datasets.items():
-        per_cluster[clusters[d]] += n
-    total = sum(datasets.values())
-    planned = mixing_rates({d: kept[d] for d in split.train}, plan.pipeline.mixing.maximum_rate)
-    summary = {"examples": total, "rows": rows, "tokens": tokens,
-               "packing_efficiency": tokens / (rows * layout.sequence_length) if rows else 0.0,
-               "input_truncated": sum(s["input_truncated"] for s in stats),
-               "target_truncated": sum(s["target_truncated"] for s in stats),
-               "turned": sum(s["turned"] for s in stats)}
     storage.remove_tree(storage.join(base, STATS_DIR))
-    write_tfds_metadata(base, layout, shard_lengths=[s["rows"] for s in sorted(stats, key=lambda s: s["shard"])],
+    layout = ctx.layout
+    write_tfds_metadata(base, layout, shard_lengths=[s["rows"] for s in shards],
                         name=tfds_name(plan.pipeline.name, split.name))
-    manifest = {
-        "format": FORMAT, "split": split.name, "layout": plan.pipeline.layout,
-        "lengths": {"inputs": layout.inputs_length, "targets": layout.targets_length},
-        "vocab_size": tokenizer.vocab_size, "pad_id": 0, "eos_id": 1, "removed_clusters": list(split.removed),
-        "train": {"shards": [f for f in files if f.startswith("train/") and f.endswith(".array_record")],
-                  "rows": rows},
-        "eval": {d: {"file": f"eval/{d}.parquet", "kind": plan.collection.datasets[d].kind,
-                     "metric": _metric(plan, d)} for d in split.eval},
-        "fewshot_eval": {d: {"file": f"fewshot_eval/{d}.parquet", "kind": plan.collection.datasets[d].kind,
-                             "metric": _metric(plan, d)} for d in split.eval
-                         if f"fewshot_eval/{d}.parquet" in files},
-        "prompt_tuning": {d: {"file": f"prompt_tuning/{d}.parquet"} for d in split.eval
-                          if f"prompt_tuning/{d}.parquet" in files},
-        "summary": summary,
-        "counts": {"clusters": dict(sorted(per_cluster.items())), "datasets": dict(sorted(datasets.items())),
-                   "templates": dict(sorted(templates.items()))},
-        "train_examples_available": {d: kept[d] for d in split.train},
-        "planned_rates": planned,
-        "realized_rates": {d: datasets.get(d, 0) / total for d in split.train} if total else {},
-        "files": checksums(base, exclude=[MANIFEST]),
-    }
-    write_json(storage.join(base, MANIFEST), manifest)
-    return manifest
+    summary = manifest.summarize(shards, layout.sequence_length)
+    tally = manifest.counts(shards, clusters)
+    total = summary.examples
+    files = storage.list_files(base)
+    m = SplitManifest(
+        format=FORMAT, split=split.name, layout=layout.layout,
+        lengths={"inputs": layout.inputs_length, "targets": layout.targets_length},
+        vocab_size=tokenizer.vocab_size, pad_id=PAD_ID, eos_id=EOS_ID, removed_clusters=list(split.removed),
+        train={"shards": [f for f in files if f.startswith("train/") and f.endswith(".array_record")],
+               "rows": summary.rows, "computed_in": computed_in},
+        eval={d: {"file": f"eval/{d}.parquet", "kind": plan.collection.datasets[d].kind, "metric": _metric(plan, d)}
+              for d in split.eval},
+        fewshot_eval={d: {"file": f"fewshot_eval/{d}.parquet", "kind": plan.collection.datasets[d].kind,
+                          "metric": _metric(plan, d)} for d in split.eval if f"fewshot_eval/{d}.parquet" in files},
+        prompt_tuning={d: {"file": f"prompt_tuning/{d}.parquet"} for d in split.eval
+                       if f"prompt_tuning/{d}.parquet" in files},
+        summary=summary, counts=tally,
+        train_examples_available={d: reads[d]["train"]["kept"] for d in split.train if "train" in reads[d]},
+        planned_rates=mix["rates"], planned_examples=mix["uses"],
+        realized_rates={d: tally.datasets.get(d, 0) / total for d in split.train} if total else {},
+        files=checksums(base, exclude=[MANIFEST], known=digests),
+    )
+    digests[MANIFEST] = manifest.write(storage.join(base, MANIFEST), m)
+    return m, digests
 
 
 def _metric(plan: Plan, dataset: str) -> str:

@@ -1,8 +1,13 @@
-"""Stable hashing: every random choice is a pure function of (seed, purpose, names...)."""
+"""Stable hashing: every random choice is a pure function of (seed, purpose, names...), per example or per array."""
 
 from __future__ import annotations
 
 import hashlib
+
+import numpy as np
+
+# Purposes derived from an example's key hash with mix64 (one blake2b per example, the rest vectorized).
+CAP, MIX_ORDER, TEMPLATE, SHUFFLE, FEWSHOT = 1, 2, 3, 4, 5
 
 
 def stable_hash(seed: int, purpose: str, *parts: object) -> int:
@@ -12,3 +17,15 @@ def stable_hash(seed: int, purpose: str, *parts: object) -> int:
     for part in parts:
         h.update(b"\x1f" + str(part).encode())
     return int.from_bytes(h.digest(), "big")
+
+
+_M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+    """A stable 64-bit hash of two uint64 values or arrays (the splitmix64 finalizer), the same on every machine."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(a, np.uint64) + (np.asarray(b, np.uint64) + np.uint64(1)) * _GOLD
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))

@@ -1,11 +1,10 @@
-"""Mixing math: per-dataset caps, examples-proportional rates with a maximum, and integer allocation."""
+"""Mix stage: examples-proportional rates with a maximum, integer allocation, and which uses each shard and window takes."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-
-from flanpipe.hashing import stable_hash
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 
 
@@ -38,21 +37,68 @@ def allocate(rates: Mapping[str, float], total: int) -> dict[str, int]:
     return out
 
 
-def mix_order(keys: Sequence[str], *, seed: int, dataset: str) -> list[int]:
-    """The seeded order in which a dataset's examples are used by every mixture (rows of ``keys``)."""
-    return sorted(range(len(keys)), key=lambda i: (stable_hash(seed, "mix-order", dataset, keys[i]), i))
+@dataclass(frozen=True)
+class Mixture:
+    """One train mixture, computed once from the prepared counts: rates and examples per dataset."""
+
+    rates: dict[str, float]
+    uses: dict[str, int]  # examples each dataset contributes (repeats take the next template)
+
+    @property
+    def examples(self) -> int:
+        return sum(self.uses.values())
 
 
-def uses(order: Sequence[int], start: int, stop: int) -> list[tuple[int, int]]:
-    """(example row, variant) of a dataset's uses ``start``..``stop - 1`` in a mixture.
+def plan_mixture(kept: Mapping[str, int], mean_tokens: Mapping[str, float], *, maximum_rate: int,
+                 examples: int | None, tokens: int | None) -> Mixture:
+    """The mixture of datasets with ``kept`` train examples each, sized in examples or in tokens.
 
-    Use j takes the example at ``order[j % n]``; once all n are used the next pass takes
-    variant 1 (the next template), and so on, so a repeated example is rendered differently.
+    A size in tokens (steps x batch tokens) becomes as many examples as the rate-weighted
+    mean example length fills.
     """
-    n = len(order)
-    return [(order[j % n], j // n) for j in range(start, stop)] if n else []
+    rates = mixing_rates(kept, maximum_rate)
+    total = examples
+    if total is None:
+        if tokens is None:
+            raise ValueError("a mixture needs a size in examples or in tokens")
+        mean = sum(rates[d] * mean_tokens[d] for d in rates)
+        total = max(1, round(tokens / mean)) if mean > 0 else 1
+    return Mixture(rates, {d: n for d, n in allocate(rates, total).items() if n})
+
+
+def variants_needed(uses: int, kept: int) -> int:
+    """How many passes over a dataset's ``kept`` examples ``uses`` takes (pass v renders variant v)."""
+    return -(-uses // kept) if kept else 0
 
 
 def shard_range(count: int, shard: int, shards: int) -> tuple[int, int]:
     """The contiguous block of a dataset's ``count`` uses that shard ``shard`` of ``shards`` holds."""
     return count * shard // shards, count * (shard + 1) // shards
+
+
+def windows(blocks: Mapping[str, tuple[int, int]], window: int) -> list[dict[str, tuple[int, int]]]:
+    """Cut a shard's per-dataset use blocks into windows of about ``window`` uses.
+
+    Every window takes a contiguous, proportional slice of every dataset's block, so it is a
+    proportional sample of the whole mixture and reads each dataset sequentially.
+    """
+    total = sum(stop - start for start, stop in blocks.values())
+    count = max(1, -(-total // window))
+    return [{d: (start + (stop - start) * i // count, start + (stop - start) * (i + 1) // count)
+             for d, (start, stop) in blocks.items()} for i in range(count)]
+
+
+def pieces(start: int, stop: int, kept: int) -> list[tuple[int, int, int]]:
+    """(variant, first row, end row) runs covering uses ``start..stop-1`` of a dataset of ``kept`` rows.
+
+    Use j is row ``j % kept`` of variant ``j // kept``: once every example is used, the next
+    pass takes each example again with its next template.
+    """
+    out = []
+    j = start
+    while j < stop:
+        variant, row = divmod(j, kept)
+        end = min(stop - j, kept - row)
+        out.append((variant, row, row + end))
+        j += end
+    return out

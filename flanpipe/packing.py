@@ -1,4 +1,4 @@
-"""Packs tokenized examples into fixed-length rows (token ids -> packed seqio/t5x feature arrays)."""
+"""Packs tokenized examples into fixed-length rows, columnar: flat token arrays -> 2-D seqio/t5x feature arrays."""
 
 from __future__ import annotations
 
@@ -11,83 +11,201 @@ import numpy as np
 
 from flanpipe.schema import EOS_ID, PAD_ID, RecordLayout
 
+Algorithm = Literal["best_fit_decreasing", "next_fit"]
+
 
 @dataclass(frozen=True)
-class Trimmed:
-    """One example's token ids after truncation, each ending in EOS."""
+class Items:
+    """A batch of tokenized examples as flat arrays: item i's input ids are
+    ``input_values[input_offsets[i]:input_offsets[i + 1]]`` (no EOS), and likewise for targets."""
 
-    inputs: np.ndarray
-    targets: np.ndarray
-    input_truncated: bool
-    target_truncated: bool
+    input_values: np.ndarray
+    input_offsets: np.ndarray
+    target_values: np.ndarray
+    target_offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_offsets) - 1
+
+    @classmethod
+    def from_lists(cls, inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> Items:
+        """Items from Python lists of token ids (for tests and single rows; the write path uses Arrow buffers)."""
+
+        def flat(parts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+            lengths = np.fromiter((len(p) for p in parts), np.int64, count=len(parts))
+            offsets = np.zeros(len(parts) + 1, np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            values = np.fromiter((t for p in parts for t in p), np.int32, count=int(offsets[-1]))
+            return values, offsets
+
+        return cls(*flat(inputs), *flat(targets))
 
 
-def trim(inputs: Sequence[int], targets: Sequence[int], layout: RecordLayout, *,
-         side: Literal["right", "left"] = "right") -> Trimmed:
-    """Append EOS to both parts, cutting inputs (on ``side``) and targets (at the end) to their lengths.
+@dataclass(frozen=True)
+class Trim:
+    """Which tokens of each item survive truncation; every kept part then ends in one EOS.
 
     Lengths include the EOS, as in seqio: an input of ``inputs_length`` tokens keeps
     ``inputs_length - 1`` text tokens.
     """
-    room_in, room_out = layout.inputs_length - 1, layout.targets_length - 1
-    cut_in, cut_out = len(inputs) > room_in, len(targets) > room_out
-    if cut_in:
-        inputs = inputs[:room_in] if side == "right" else inputs[len(inputs) - room_in:]
-    if cut_out:
-        targets = targets[:room_out]
-    return Trimmed(_with_eos(inputs), _with_eos(targets), cut_in, cut_out)
+
+    input_start: np.ndarray  # index into Items.input_values of the first kept input token
+    input_kept: np.ndarray  # kept input text tokens (EOS not counted)
+    target_start: np.ndarray
+    target_kept: np.ndarray
+    input_truncated: np.ndarray  # bool
+    target_truncated: np.ndarray
+
+    @property
+    def input_length(self) -> np.ndarray:
+        return self.input_kept + 1
+
+    @property
+    def target_length(self) -> np.ndarray:
+        return self.target_kept + 1
 
 
-def _with_eos(ids: Sequence[int]) -> np.ndarray:
-    out = np.empty(len(ids) + 1, np.int32)
-    out[:-1] = ids
-    out[-1] = EOS_ID
-    return out
+def trim(items: Items, layout: RecordLayout, *, side: Literal["right", "left"] = "right") -> Trim:
+    """Cut inputs (on ``side``) and targets (at the end) so each part plus its EOS fits its length."""
+    n_in = np.diff(items.input_offsets)
+    n_out = np.diff(items.target_offsets)
+    kept_in = np.minimum(n_in, layout.inputs_length - 1)
+    kept_out = np.minimum(n_out, layout.targets_length - 1)
+    in_start = items.input_offsets[:-1] + (n_in - kept_in if side == "left" else 0)
+    return Trim(in_start, kept_in, items.target_offsets[:-1].copy(), kept_out, n_in > kept_in, n_out > kept_out)
+
+
+def sizes_of(t: Trim, layout: RecordLayout) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Item sizes and bin capacity: one length for decoder_only, (input, target) for encoder_decoder."""
+    if layout.layout == "decoder_only":
+        return (t.input_length + t.target_length)[:, None], (layout.inputs_length + layout.targets_length,)
+    return np.stack([t.input_length, t.target_length], axis=1), (layout.inputs_length, layout.targets_length)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where each item goes: its row and its 1-based segment within the row; rows in creation order."""
+
+    row: np.ndarray
+    segment: np.ndarray
+    rows: int
+
+    @classmethod
+    def of_bins(cls, bins: Sequence[Sequence[int]], n: int) -> Placement:
+        row = np.empty(n, np.int64)
+        segment = np.empty(n, np.int64)
+        for r, members in enumerate(bins):
+            row[members] = r
+            segment[members] = np.arange(1, len(members) + 1)
+        return cls(row, segment, len(bins))
+
+
+def pack(sizes: np.ndarray, capacity: tuple[int, ...], *, algorithm: Algorithm = "best_fit_decreasing",
+         enabled: bool = True) -> Placement:
+    """Assign items (rows of ``sizes``) to rows of ``capacity``; one item per row when not ``enabled``."""
+    n = len(sizes)
+    if not enabled:
+        return Placement(np.arange(n), np.ones(n, np.int64), n)
+    over = np.flatnonzero((sizes > np.asarray(capacity)).any(axis=1))
+    if len(over):
+        raise ValueError(f"item {int(over[0])} of size {tuple(sizes[over[0]].tolist())} exceeds the bin capacity "
+                         f"{capacity}")
+    if algorithm == "next_fit":
+        bins = next_fit([tuple(s) for s in sizes.tolist()], capacity)
+    elif len(capacity) == 1:
+        bins = _bfd_1d(sizes[:, 0], capacity[0])
+    else:
+        bins = _bfd_2d(sizes[:, 0], sizes[:, 1], capacity)
+    return Placement.of_bins(bins, n)
 
 
 def best_fit_decreasing(sizes: Sequence[tuple[int, ...]], capacity: tuple[int, ...]) -> list[list[int]]:
-    """Assign items to as few bins as possible: longest first, each into the fullest bin it fits.
+    """Assign items to few bins: largest first, each into the fullest bin that still fits it.
 
-    ``sizes`` and ``capacity`` are tuples so the same code packs 1-D (decoder-only: one
-    length) and 2-D (encoder-decoder: input and target lengths) items. Bins are ordered by
-    creation and items within a bin by insertion; ties break on the item index, so the
-    result depends only on the input.
+    1-D (decoder_only: one length) keeps the open bins sorted by room, so the best fit is a
+    bisect away. 2-D (encoder_decoder: input and target lengths) buckets the open bins by
+    target room and takes, over the buckets that fit, the bin leaving the least normalized
+    room. Bins are ordered by creation and items within a bin by insertion; ties break on
+    the item index, so the result depends only on the input.
 
     Returns:
       Lists of item indices, one per bin.
     """
-    order = sorted(range(len(sizes)), key=lambda i: (tuple(-s for s in sizes[i]), i))
-    bins: list[list[int]] = []
-    free: list[list[int]] = []
-    # For 1-D items keep (remaining, bin) sorted so the best fit is a bisect away.
-    open_bins: list[tuple[int, int]] = []
-    one_d = len(capacity) == 1
-    for i in order:
-        size = sizes[i]
+    array = np.asarray(sizes, np.int64).reshape(len(sizes), len(capacity))
+    for i, size in enumerate(array.tolist()):
         if any(s > c for s, c in zip(size, capacity)):
-            raise ValueError(f"item {i} of size {size} exceeds the bin capacity {capacity}")
-        if one_d:
-            pos = bisect.bisect_left(open_bins, (size[0], -1))
-            if pos < len(open_bins):
-                remaining, b = open_bins.pop(pos)
-                bins[b].append(i)
-                bisect.insort(open_bins, (remaining - size[0], b))
-                continue
-            bins.append([i])
-            bisect.insort(open_bins, (capacity[0] - size[0], len(bins) - 1))
-            continue
-        best, best_left = -1, None
-        for b, room in enumerate(free):
-            if all(s <= r for s, r in zip(size, room)):
-                left = sum(r - s for s, r in zip(size, room))
-                if best_left is None or left < best_left:
-                    best, best_left = b, left
-        if best < 0:
-            bins.append([i])
-            free.append([c - s for c, s in zip(capacity, size)])
+            raise ValueError(f"item {i} of size {tuple(size)} exceeds the bin capacity {capacity}")
+    if len(capacity) == 1:
+        return _bfd_1d(array[:, 0], capacity[0])
+    return _bfd_2d(array[:, 0], array[:, 1], capacity)
+
+
+def _bfd_1d(sizes: np.ndarray, capacity: int) -> list[list[int]]:
+    order = np.lexsort((np.arange(len(sizes)), -sizes)).tolist()
+    values = sizes.tolist()
+    smallest = min(values, default=1)
+    bins: list[list[int]] = []
+    open_bins: list[tuple[int, int]] = []  # (room left, bin), sorted
+    for i in order:
+        size = values[i]
+        pos = bisect.bisect_left(open_bins, (size, -1))
+        if pos < len(open_bins):
+            room, b = open_bins.pop(pos)
+            bins[b].append(i)
+            room -= size
         else:
-            bins[best].append(i)
-            free[best] = [r - s for r, s in zip(free[best], size)]
+            b = len(bins)
+            bins.append([i])
+            room = capacity - size
+        if room >= smallest:  # a bin no item fits into is closed for good
+            bisect.insort(open_bins, (room, b))
+    return bins
+
+
+_BUCKETS = 16  # target-room buckets of the 2-D packer: more is tighter, fewer is faster
+
+
+def _bfd_2d(a: np.ndarray, b: np.ndarray, capacity: tuple[int, ...]) -> list[list[int]]:
+    cap_a, cap_b = capacity
+    # Largest first by normalized size; equal sizes in index order.
+    order = np.lexsort((np.arange(len(a)), -(a / cap_a + b / cap_b))).tolist()
+    av, bv = a.tolist(), b.tolist()
+    min_a, min_b = min(av, default=1), min(bv, default=1)
+
+    def bucket(room: int) -> int:
+        return room * _BUCKETS // (cap_b + 1)
+
+    # Each bucket holds the open bins whose target room falls in it, sorted by input room.
+    buckets: list[list[tuple[int, int, int]]] = [[] for _ in range(_BUCKETS)]
+    bins: list[list[int]] = []
+    for i in order:
+        x, y = av[i], bv[i]
+        best: tuple[float, int, int] | None = None  # (normalized waste, bucket, position)
+        first = bucket(y)
+        for k in range(first, _BUCKETS):
+            entries = buckets[k]
+            if not entries:
+                continue
+            pos = bisect.bisect_left(entries, (x, -1, -1))
+            if k == first:  # this bucket may hold bins with target room below y
+                while pos < len(entries) and entries[pos][1] < y:
+                    pos += 1
+            if pos < len(entries):
+                room_a, room_b, _ = entries[pos]
+                waste = (room_a - x) / cap_a + (room_b - y) / cap_b
+                if best is None or waste < best[0]:
+                    best = (waste, k, pos)
+        if best is None:
+            j = len(bins)
+            bins.append([i])
+            room_a, room_b = cap_a - x, cap_b - y
+        else:
+            _, k, pos = best
+            room_a, room_b, j = buckets[k].pop(pos)
+            bins[j].append(i)
+            room_a, room_b = room_a - x, room_b - y
+        if room_a >= min_a and room_b >= min_b:
+            bisect.insort(buckets[bucket(room_b)], (room_a, room_b, j))
     return bins
 
 
@@ -105,93 +223,134 @@ def next_fit(sizes: Sequence[tuple[int, ...]], capacity: tuple[int, ...]) -> lis
     return bins
 
 
-def pack(examples: Sequence[Trimmed], layout: RecordLayout, *,
-         algorithm: Literal["best_fit_decreasing", "next_fit"] = "best_fit_decreasing",
-         enabled: bool = True) -> list[tuple[list[int], dict[str, np.ndarray]]]:
-    """Pack examples into rows of ``layout``.
-
-    Returns:
-      (indices of the examples in the row, feature arrays) per row.
-    """
-    if layout.layout == "decoder_only":
-        sizes = [(len(e.inputs) + len(e.targets),) for e in examples]
-        capacity: tuple[int, ...] = (layout.inputs_length + layout.targets_length,)
-    else:
-        sizes = [(len(e.inputs), len(e.targets)) for e in examples]
-        capacity = (layout.inputs_length, layout.targets_length)
-    if not enabled:
-        groups = [[i] for i in range(len(examples))]
-    elif algorithm == "best_fit_decreasing":
-        groups = best_fit_decreasing(sizes, capacity)
-    else:
-        groups = next_fit(sizes, capacity)
-    return [(g, build_row([examples[i] for i in g], layout)) for g in groups]
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for each (s, n), without a Python loop."""
+    lengths = np.asarray(lengths, np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, np.int64) - before, lengths) + np.arange(total, dtype=np.int64)
 
 
-def _segments(parts: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenate ``parts`` into one padded row with segment ids (1-based) and positions."""
-    tokens = np.full(length, PAD_ID, np.int32)
-    segment_ids = np.zeros(length, np.int32)
-    positions = np.zeros(length, np.int32)
-    at = 0
-    for seg, part in enumerate(parts, 1):
-        n = len(part)
-        tokens[at:at + n] = part
-        segment_ids[at:at + n] = seg
-        positions[at:at + n] = np.arange(n, dtype=np.int32)
-        at += n
-    return tokens, segment_ids, positions
+def _offsets(place: Placement, length: np.ndarray) -> np.ndarray:
+    """Start of each item within its row: the lengths of the items before it in the same row."""
+    order = np.lexsort((place.segment, place.row))
+    lengths = length[order]
+    ends = np.cumsum(lengths)
+    row_start = np.zeros(len(order), np.int64)
+    first = np.ones(len(order), bool)
+    first[1:] = place.row[order][1:] != place.row[order][:-1]
+    # cumulative length at the start of each item's row, carried forward over the row
+    row_start[first] = ends[first] - lengths[first]
+    row_start = np.maximum.accumulate(np.where(first, row_start, 0)) if len(order) else row_start
+    out = np.empty(len(order), np.int64)
+    out[order] = ends - lengths - row_start
+    return out
 
 
-def _shift_right(tokens: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
-    """Autoregressive inputs: each token's predecessor within its segment, 0 at segment starts."""
-    shifted = np.concatenate([[PAD_ID], tokens[:-1]]).astype(np.int32)
-    starts = np.concatenate([[True], segment_ids[1:] != segment_ids[:-1]])
-    shifted[starts] = PAD_ID
-    shifted[segment_ids == 0] = PAD_ID
+def _shift_right(tokens: np.ndarray, positions: np.ndarray, pad_id: int) -> np.ndarray:
+    """Autoregressive inputs: each token's predecessor within its segment, pad at segment starts and padding."""
+    shifted = np.empty_like(tokens)
+    shifted[:, 0] = pad_id
+    shifted[:, 1:] = tokens[:, :-1]
+    shifted[positions == 0] = pad_id  # segment starts, and padding (position 0 too)
     return shifted
 
 
-def build_row(examples: Sequence[Trimmed], layout: RecordLayout) -> dict[str, np.ndarray]:
-    """The feature arrays of one packed row (seqio feature-converter layout)."""
+def _segments(rows: int, length: int, dest: np.ndarray, size: np.ndarray, segment: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat indices covered by each item, and the row's segment ids and positions (0 on padding)."""
+    covered = _ranges(dest, size)
+    seg = np.zeros(rows * length, np.int32)
+    pos = np.zeros(rows * length, np.int32)
+    seg[covered] = np.repeat(segment, size)
+    pos[covered] = covered - np.repeat(dest, size)
+    return covered, seg, pos
+
+
+def build_rows(items: Items, t: Trim, place: Placement, layout: RecordLayout, *, eos_id: int = EOS_ID,
+               pad_id: int = PAD_ID) -> dict[str, np.ndarray]:
+    """The feature arrays of every packed row (seqio feature-converter layout), each ``(rows, length)`` int32.
+
+    decoder_only rows hold ``inputs EOS targets EOS`` per segment; the loss covers the targets
+    and their EOS, and the prefix-LM mask covers the inputs plus the first target position
+    (fed the input's EOS) — seqio PrefixLMFeatureConverter's ``inputs_width + 1``.
+    """
+    rows = place.rows
+    seg_ids = place.segment.astype(np.int32)
+    in_len, out_len = t.input_length, t.target_length
     if layout.layout == "decoder_only":
         length = layout.inputs_length + layout.targets_length
-        tokens, seg, pos = _segments([np.concatenate([e.inputs, e.targets]) for e in examples], length)
-        loss = np.zeros(length, np.int32)
-        causal = np.zeros(length, np.int32)
-        at = 0
-        for e in examples:
-            n_in, n_out = len(e.inputs), len(e.targets)
-            loss[at + n_in:at + n_in + n_out] = 1
-            # Prefix-LM: positions whose decoder input is still part of the input (the input
-            # tokens plus the first target position, fed the input's EOS) see each other
-            # bidirectionally — seqio PrefixLMFeatureConverter's inputs_width + 1.
-            causal[at:at + n_in + 1] = 1
-            at += n_in + n_out
+        size = in_len + out_len
+        dest = place.row * length + _offsets(place, size)
+        tokens = np.full(rows * length, pad_id, np.int32)
+        tokens[_ranges(dest, t.input_kept)] = items.input_values[_ranges(t.input_start, t.input_kept)]
+        tokens[dest + t.input_kept] = eos_id
+        tokens[_ranges(dest + in_len, t.target_kept)] = items.target_values[_ranges(t.target_start, t.target_kept)]
+        tokens[dest + in_len + t.target_kept] = eos_id
+        _, seg, pos = _segments(rows, length, dest, size, seg_ids)
+        loss = np.zeros(rows * length, np.int32)
+        loss[_ranges(dest + in_len, out_len)] = 1
+        causal = np.zeros(rows * length, np.int32)
+        causal[_ranges(dest, in_len + 1)] = 1
+        shape = (rows, length)
+        tokens, pos = tokens.reshape(shape), pos.reshape(shape)
         return {
             "decoder_target_tokens": tokens,
-            "decoder_input_tokens": _shift_right(tokens, seg),
-            "decoder_loss_weights": loss,
-            "decoder_segment_ids": seg,
+            "decoder_input_tokens": _shift_right(tokens, pos, pad_id),
+            "decoder_loss_weights": loss.reshape(shape),
+            "decoder_segment_ids": seg.reshape(shape),
             "decoder_positions": pos,
-            "decoder_causal_attention": causal,
+            "decoder_causal_attention": causal.reshape(shape),
         }
-    enc, enc_seg, enc_pos = _segments([e.inputs for e in examples], layout.inputs_length)
-    dec, dec_seg, dec_pos = _segments([e.targets for e in examples], layout.targets_length)
+    li, lt = layout.inputs_length, layout.targets_length
+    enc_dest = place.row * li + _offsets(place, in_len)
+    dec_dest = place.row * lt + _offsets(place, out_len)
+    enc = np.full(rows * li, pad_id, np.int32)
+    enc[_ranges(enc_dest, t.input_kept)] = items.input_values[_ranges(t.input_start, t.input_kept)]
+    enc[enc_dest + t.input_kept] = eos_id
+    dec = np.full(rows * lt, pad_id, np.int32)
+    dec[_ranges(dec_dest, t.target_kept)] = items.target_values[_ranges(t.target_start, t.target_kept)]
+    dec[dec_dest + t.target_kept] = eos_id
+    _, enc_seg, enc_pos = _segments(rows, li, enc_dest, in_len, seg_ids)
+    _, dec_seg, dec_pos = _segments(rows, lt, dec_dest, out_len, seg_ids)
+    dec, dec_pos, dec_seg = dec.reshape(rows, lt), dec_pos.reshape(rows, lt), dec_seg.reshape(rows, lt)
     return {
-        "encoder_input_tokens": enc,
-        "encoder_segment_ids": enc_seg,
-        "encoder_positions": enc_pos,
+        "encoder_input_tokens": enc.reshape(rows, li),
+        "encoder_segment_ids": enc_seg.reshape(rows, li),
+        "encoder_positions": enc_pos.reshape(rows, li),
         "decoder_target_tokens": dec,
-        "decoder_input_tokens": _shift_right(dec, dec_seg),
+        "decoder_input_tokens": _shift_right(dec, dec_pos, pad_id),
         "decoder_loss_weights": (dec_seg > 0).astype(np.int32),
         "decoder_segment_ids": dec_seg,
         "decoder_positions": dec_pos,
     }
 
 
+def single_row(input_ids: Sequence[int], target_ids: Sequence[int], layout: RecordLayout, *,
+               side: Literal["right", "left"] = "right", prefix: int = 0) -> dict[str, np.ndarray]:
+    """One unpacked example as a row (1-D arrays), built by the same code as packed rows.
+
+    ``prefix`` reserves that many leading input positions (pad tokens inside the segment),
+    e.g. for a soft prompt; the row is then ``prefix`` positions longer on the input side.
+    """
+    items = Items.from_lists([input_ids], [target_ids])
+    t = trim(items, layout, side=side)
+    if prefix:
+        pads = np.full(prefix, PAD_ID, np.int32)
+        kept = items.input_values[t.input_start[0]:t.input_start[0] + t.input_kept[0]]
+        items = Items(np.concatenate([pads, kept]), np.array([0, prefix + len(kept)]),
+                      items.target_values, items.target_offsets)
+        t = Trim(np.zeros(1, np.int64), t.input_kept + prefix, t.target_start, t.target_kept,
+                 t.input_truncated, t.target_truncated)
+        layout = RecordLayout(layout.layout, layout.inputs_length + prefix, layout.targets_length)
+    row = build_rows(items, t, Placement(np.zeros(1, np.int64), np.ones(1, np.int64), 1), layout)
+    return {name: value[0] for name, value in row.items()}
+
+
 def unpack(row: dict[str, np.ndarray], layout: RecordLayout) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Recover each segment's (inputs, targets) token ids from a packed row (inverse of build_row)."""
+    """Recover each segment's (inputs, targets) token ids from a packed row (inverse of build_rows)."""
     out = []
     if layout.layout == "decoder_only":
         seg, tokens, loss = row["decoder_segment_ids"], row["decoder_target_tokens"], row["decoder_loss_weights"]

@@ -71,7 +71,7 @@ def count_examples(spec: DatasetSpec, split: str, source: SamplesSource | TfdsDa
     path = samples_dir_of(source) / spec.name / f"{split}.jsonl"
     if not path.exists():
         raise SourceError(f"{path}: no bundled samples for dataset {spec.name!r} split {split!r}")
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         return sum(1 for line in f if line.strip())
 
 
@@ -94,5 +94,12 @@ def source_fingerprint(spec: DatasetSpec, source: SamplesSource | TfdsDataSource
         return h.hexdigest()
     for split in sorted(spec.source.splits):
         path = samples_dir_of(source) / spec.name / f"{split}.jsonl"
-        h.update(split.encode() + b"\0" + (path.read_bytes() if path.exists() else b"<missing>") + b"\0")
+        h.update(split.encode() + b"\0")
+        if not path.exists():
+            h.update(b"<missing>\0")
+            continue
+        with path.open("rb") as f:  # streamed: a full-size split is hundreds of MB
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
     return h.hexdigest()

@@ -15,7 +15,7 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from flanpipe.errors import TemplateError, did_you_mean
-from flanpipe.spec import DatasetSpec, ExprField, ExprOptions, FeatureField, OptionsFormat
+from flanpipe.spec import DatasetSpec, ExprOptions, FeatureField, OptionsFormat
 from flanpipe.yamlio import Located
 
 Mode = Literal["natural", "dataset_name", "none"]
@@ -68,6 +68,7 @@ class CompiledDataset:
         self._path: Path | str = located.path if located is not None else f"<{spec.name}>"
         known: list[str] = []
         self.fields: list[tuple[str, list[str] | None, Any]] = []
+        self._top_features = sorted({f.feature.split("/")[0] for f in spec.fields.values() if isinstance(f, FeatureField)})
         for name, field in spec.fields.items():
             if isinstance(field, FeatureField):
                 self.fields.append((name, field.feature.split("/"), None))
@@ -139,6 +140,14 @@ class CompiledDataset:
             seen[key] = i
 
     # ----------------------------------------------------------------- per example
+    def features_used(self, features: Mapping[str, Any]) -> dict[str, Any]:
+        """The part of a source example the field map reads (its top-level features), as plain Python.
+
+        ``fields_of`` of this part equals ``fields_of`` of the whole example, so it is what a
+        read stage needs to store.
+        """
+        return {name: to_python(features[name]) for name in self._top_features if name in features}
+
     def fields_of(self, features: Mapping[str, Any]) -> dict[str, Any] | None:
         """Compute the template variables of one source example; None when the filter drops it.
 
@@ -166,8 +175,14 @@ class CompiledDataset:
         return values
 
     def _evaluate(self, expr: Any, values: Mapping[str, Any], loc: tuple[str | int, ...]) -> Any:
+        # What TemplateExpression.__call__ does, on a shared context over globals + values
+        # (it would copy the globals into a fresh context on every call).
         try:
-            return expr(**values)
+            template = expr._template
+            context = template.new_context({**_ENV.globals, **values}, shared=True)
+            for _ in template.root_render_func(context):
+                pass
+            return context.vars["result"]
         except jinja2.exceptions.SecurityError as e:
             raise TemplateError(self._path, None, ".".join(map(str, loc)), f"refused by the sandbox: {e}") from None
         except Exception as e:  # user expressions may fail in any way; name where
@@ -186,8 +201,9 @@ class CompiledDataset:
         if mode == "natural":
             spec_t = self.spec.templates[template]
             source_in, source_out = self.templates[template]
-            inputs = self._run(source_in, values, ("templates", template, "input"))
-            targets = self._run(source_out, values, ("templates", template, "target"))
+            scope = {**_ENV.globals, **values}  # one context dict for both templates (see _run)
+            inputs = self._run(source_in, scope, ("templates", template, "input"))
+            targets = self._run(source_out, scope, ("templates", template, "target"))
             if spec_t.turned:
                 return Rendered(inputs, targets, (), template, True)
         else:
@@ -198,9 +214,12 @@ class CompiledDataset:
             inputs += options_suffix(options, options_format)
         return Rendered(inputs, targets, options, template, False)
 
-    def _run(self, template: jinja2.Template, values: Mapping[str, Any], loc: tuple[str | int, ...]) -> str:
+    def _run(self, template: jinja2.Template, scope: dict[str, Any], loc: tuple[str | int, ...]) -> str:
+        # Template.render(**values) rebuilds a context from the globals on every call, about
+        # half of a short template's cost; a shared context over globals + values renders the same.
         try:
-            return template.render(**values).strip()
+            return template.environment.concat(  # type: ignore[attr-defined]
+                template.root_render_func(template.new_context(scope, shared=True))).strip()
         except jinja2.exceptions.SecurityError as e:
             raise TemplateError(self._path, None, _dotted(loc), f"refused by the sandbox: {e}") from None
         except jinja2.UndefinedError as e:

@@ -29,7 +29,7 @@ from array_record.python.array_record_module import ArrayRecordReader
 from flanpipe import storage
 from flanpipe.errors import OutputError
 from flanpipe.schema import RecordLayout
-from flanpipe.writers import write_json
+from flanpipe.files import write_json
 
 DATASET_INFO = "dataset_info.json"
 FEATURES = "features.json"

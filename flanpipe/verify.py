@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import pyarrow.parquet as pq
 
-from flanpipe import storage
-from flanpipe.writers import TMP_MARK, checksums, read_json
-
-MANIFEST = "manifest.json"
+from flanpipe import manifest, storage
+from flanpipe.errors import OutputError
+from flanpipe.files import TMP_MARK, checksums
+from flanpipe.manifest import MANIFEST, SplitManifest, TopManifest
 
 
 def datasets_in_split(split_url: str) -> list[str]:
@@ -45,25 +44,29 @@ def _check_files(root: str, recorded: dict[str, str]) -> list[str]:
 def verify_output(out: str) -> list[str]:
     """Every problem found in a compiled output directory (empty list: it is complete and intact)."""
     out = storage.resolve(out)
-    top = storage.join(out, MANIFEST)
-    if not storage.exists(top):
+    top_url = storage.join(out, MANIFEST)
+    if not storage.exists(top_url):
         return [f"{out}: no {MANIFEST}: not a complete flanpipe output (an interrupted compile leaves none)"]
     try:
-        manifest = read_json(top)
-    except json.JSONDecodeError as e:
-        return [f"{top}: not valid JSON ({e.msg})"]
-    problems = _check_files(out, manifest.get("files", {}))
+        top = manifest.load(top_url, TopManifest)
+    except OutputError as e:
+        return [str(e)]
+    problems = _check_files(out, top.files)
     problems += [f"{storage.join(out, rel)}: leftover temporary file" for rel in storage.list_files(out)
                  if TMP_MARK in rel.rsplit("/", 1)[-1]]
-    clusters = {d: info["cluster"] for d, info in manifest.get("datasets", {}).items()}
-    for split in manifest.get("splits", []):
+    clusters = {d: info.cluster for d, info in top.datasets.items()}
+    for split in top.splits:
         split_url = storage.join(out, split)
         if not storage.exists(storage.join(split_url, MANIFEST)):
             problems.append(f"{storage.join(split_url, MANIFEST)}: missing")
             continue
-        split_manifest = read_json(storage.join(split_url, MANIFEST))
-        problems += _check_files(split_url, split_manifest.get("files", {}))
-        removed = split_manifest.get("removed_clusters", [])
+        try:
+            split_manifest = manifest.load(storage.join(split_url, MANIFEST), SplitManifest)
+        except OutputError as e:
+            problems.append(str(e))
+            continue
+        problems += _check_files(split_url, split_manifest.files)
+        removed = split_manifest.removed_clusters
         leaked = leakage(clusters, removed, datasets_in_split(split_url))
         if leaked:
             problems.append(f"{split_url}: leakage: train examples from {', '.join(leaked)}, whose clusters "

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flanpipe.collection import load_collection
-from flanpipe.mixing import allocate, mix_order, mixing_rates, shard_range, uses
+from flanpipe.mixing import allocate, mixing_rates
 from flanpipe.plan import load_plan
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
@@ -42,12 +42,6 @@ def test_rates_are_examples_proportional_with_the_maximum():
     rates = mixing_rates({"big": 30_000, "mid": 3_000, "small": 1_000}, 3_000)
     assert rates == {"big": 3 / 7, "mid": 3 / 7, "small": 1 / 7}
     assert sum(allocate(rates, 1001).values()) == 1001
-    order = mix_order(["a", "b", "c"], seed=1, dataset="d")
-    picks = uses(order, 0, 7)
-    assert sorted(picks[:3]) == [(0, 0), (1, 0), (2, 0)] and {v for _, v in picks[3:6]} == {1}
-    assert picks[3:6] == [(r, 1) for r, _ in picks[:3]] and picks[6] == (picks[0][0], 2)
-    blocks = [shard_range(7, k, 3) for k in range(3)]
-    assert blocks == [(0, 2), (2, 4), (4, 7)]
 
 
 @pytest.mark.parametrize("k", range(1, 8))

@@ -46,5 +46,8 @@ def test_dataflow_job_graph_builds_without_submitting(world):
         out="gs://example-bucket/flan", runner="dataflow", templates=world / "templates",
         cache_dir=str(world / "cache"),
         beam_args=("--project=example-project-1", "--region=us-central1", "--temp_location=gs://example-bucket/t")))
-    assert stages[:2] == ["Datasets", "Prepare"] and stages[-1] == "Done"
-    assert {"Shards", "PackAndWrite", "WriteEval"} <= set(stages)
+    assert stages[:3] == ["Sources", "ShuffleReads", "Read"] and stages[-1] == "Done"
+    assert {"Render", "Mix", "RenderRepeats", "Shards", "PackAndWrite", "WriteEval"} <= set(stages)
+    # the stages follow the data: read, render, mix, render the repeats, pack + write
+    order = [stages.index(s) for s in ("Read", "Render", "Mix", "RenderRepeats", "PackAndWrite")]
+    assert order == sorted(order)

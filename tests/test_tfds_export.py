@@ -12,12 +12,12 @@ from array_record.python.array_record_module import ArrayRecordReader
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from flanpipe.errors import OutputError  # noqa: E402
-from flanpipe.packing import Trimmed, build_row  # noqa: E402
+from flanpipe.packing import Items, Placement, build_rows, trim  # noqa: E402
 from flanpipe.records import decode_example, encode_example  # noqa: E402
 from flanpipe.schema import RecordLayout  # noqa: E402
 from flanpipe.tfds_export import (FEATURES, DATASET_INFO, shard_file, tfds_metadata, tfds_name,  # noqa: E402
                                   write_tfds_metadata)
-from flanpipe.writers import write_array_record  # noqa: E402
+from flanpipe.files import write_array_record  # noqa: E402
 
 from compile_fixtures import compile_world, make_world  # noqa: E402
 
@@ -104,10 +104,11 @@ def test_split_loads_with_builder_from_directory_and_reads_our_shards(out, tmp_p
 def test_encoder_decoder_layout_with_an_empty_shard(tmp_path):
     layout = RecordLayout("encoder_decoder", 12, 6)
     rng = np.random.default_rng(0)
-    rows = [build_row([Trimmed(rng.integers(3, 50, rng.integers(2, 6)).astype(np.int32),
-                               rng.integers(3, 50, rng.integers(1, 3)).astype(np.int32), False, False)
-                       for _ in range(2)], layout) for _ in range(7)]
-    records = [encode_example(r) for r in rows]
+    items = Items.from_lists([rng.integers(3, 50, rng.integers(1, 5)).tolist() for _ in range(14)],
+                             [rng.integers(3, 50, rng.integers(0, 2)).tolist() for _ in range(14)])
+    place = Placement(np.arange(14) // 2, np.arange(14) % 2 + 1, 7)  # two examples per row
+    built = build_rows(items, trim(items, layout), place, layout)
+    records = [encode_example({k: v[r] for k, v in built.items()}) for r in range(7)]
     lengths = [4, 0, 3]
     at = 0
     for i, n in enumerate(lengths):

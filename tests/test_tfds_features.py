@@ -37,7 +37,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from flanpipe.spec import FeatureField, load_dataset_file  # noqa: E402
+from flanpipe.spec import load_dataset_file  # noqa: E402
 from flanpipe.tfds_source import feature_children, missing_feature, needed_features  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

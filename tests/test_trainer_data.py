@@ -12,7 +12,7 @@ import trainer_fixtures as fx
 
 from flanpipe import packing
 from flanpipe.errors import OutputError, SpecError, TokenizerError
-from flanpipe.schema import RecordLayout
+from flanpipe.schema import EOS_ID, RecordLayout
 from trainer import data
 from trainer.config import load_config
 
@@ -134,9 +134,13 @@ def test_iterator_state_resumes_with_the_exact_next_batch(split_dir: Path) -> No
 def test_featurize_builds_the_rows_the_compiler_packs(layout: str, truncate: str) -> None:
     inputs, targets = [5, 6, 7, 8, 9, 10, 11, 12, 13], [8, 9]  # inputs longer than 8 - 1: truncated
     record_layout = RecordLayout(layout, 8, 4)  # type: ignore[arg-type]
-    compiled = packing.build_row([packing.trim(inputs, targets, record_layout, side=truncate)], record_layout)
-    trimmed = packing.trim(inputs, targets, record_layout, side=truncate)
-    fixture = fx.pack([(trimmed.inputs.tolist(), trimmed.targets.tolist())], record_layout)[0]
+    items = packing.Items.from_lists([inputs], [targets])
+    t = packing.trim(items, record_layout, side=truncate)
+    one = packing.Placement(np.zeros(1, np.int64), np.ones(1, np.int64), 1)
+    compiled = {k: v[0] for k, v in packing.build_rows(items, t, one, record_layout).items()}
+    kept_in = items.input_values[t.input_start[0]:t.input_start[0] + t.input_kept[0]].tolist() + [EOS_ID]
+    kept_out = items.target_values[:t.target_kept[0]].tolist() + [EOS_ID]
+    fixture = fx.pack([(kept_in, kept_out)], record_layout)[0]
     row = data.featurize(inputs, targets, layout=layout, inputs_length=8, targets_length=4,  # type: ignore[arg-type]
                          truncate=truncate)  # type: ignore[arg-type]
     assert set(row) == set(compiled) == set(fixture)

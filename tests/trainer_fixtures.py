@@ -1,9 +1,8 @@
-"""Writes tiny compiled splits in the flanpipe/1 layout (tokenizer, ArrayRecord shards, eval Parquet) for tests."""
+"""Writes tiny compiled splits in the flanpipe/2 layout (tokenizer, ArrayRecord shards, eval Parquet) for tests."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pyarrow.parquet as pq
 import sentencepiece as spm
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from flanpipe.manifest import FORMAT, SplitManifest, Summary, TopManifest
 from flanpipe.records import encode_example
 from flanpipe.schema import EOS_ID, RecordLayout
 from trainer.train import train
@@ -144,20 +144,30 @@ def write_split(
     }
     fewshot = [dict(r, inputs=f"color of snow : white . {r['inputs']}")
                for r in color_rows("validation") + color_rows("test")]
-    manifest = {"split": name, "layout": layout, "lengths": {"inputs": lengths[0], "targets": lengths[1]},
-                "vocab_size": tokenizer.get_piece_size(), "pad_id": 0, "eos_id": 1,
-                "train": {"shards": shard_names, "rows": len(rows)}, "eval": {}, "fewshot_eval": {}}
+    manifest: dict[str, Any] = {"eval": {}, "fewshot_eval": {}}
     (split_dir / "eval").mkdir(exist_ok=True)
     for section, sets in (("eval", eval_sets), ("fewshot_eval", {"colors": ("classification", "accuracy", fewshot)})):
         for dataset, (kind, metric, eval_rows) in sets.items():
             file = f"eval/{dataset}{'_fewshot' if section == 'fewshot_eval' else ''}.parquet"
             write_eval_parquet(split_dir / file, eval_rows)
             manifest[section][dataset] = {"file": file, "kind": kind, "metric": metric}
-    (split_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    top = {"format": "flanpipe/1", "splits": [name],
-           "tokenizer": {"file": "tokenizer.model", "sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest(),
-                         "vocab_size": tokenizer.get_piece_size()}}
-    (root / "manifest.json").write_text(json.dumps(top, indent=2))
+    # The manifests through the compiler's own models: the trainer reads exactly this schema.
+    summary = Summary(examples=len(rows), rows=len(rows), tokens=0, lower_bound_rows=0, packing_efficiency=0.0,
+                      input_truncated=0, target_truncated=0, turned=0)
+    split_manifest = SplitManifest(
+        format=FORMAT, split=name, layout=layout, lengths={"inputs": lengths[0], "targets": lengths[1]},
+        vocab_size=tokenizer.get_piece_size(), pad_id=0, eos_id=1, removed_clusters=[],
+        train={"shards": shard_names, "rows": len(rows), "computed_in": name}, eval=manifest["eval"],
+        fewshot_eval=manifest["fewshot_eval"], prompt_tuning={}, summary=summary,
+        counts={"clusters": {}, "datasets": {}, "templates": {}}, train_examples_available={}, planned_rates={},
+        planned_examples={}, realized_rates={}, files={})
+    (split_dir / "manifest.json").write_text(split_manifest.model_dump_json(indent=2))
+    top = TopManifest(
+        format=FORMAT, pipeline={"name": "fixture", "hash": "0", "file": "fixture.yaml", "resolved": {}},
+        tokenizer={"file": "tokenizer.model", "sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest(),
+                   "vocab_size": tokenizer.get_piece_size(), "source": "tokenizer.model"},
+        versions={}, splits=[name], datasets={}, summary={name: summary}, files={})
+    (root / "manifest.json").write_text(top.model_dump_json(indent=2))
     return split_dir
 
 

@@ -11,9 +11,7 @@ index, and the global batch does not depend on how many processes or devices sha
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +24,13 @@ import pyarrow.parquet as pq
 import sentencepiece as spm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flanpipe import packing
+from flanpipe import manifest, packing
 from flanpipe.errors import OutputError, SpecError, TokenizerError, did_you_mean
+from flanpipe.manifest import EvalFile, SplitManifest, TopManifest
 from flanpipe.records import decode_example
 from flanpipe.schema import EOS_ID, PAD_ID, Layout, RecordLayout
 from trainer.config import TrainerConfig
 
-FORMAT = "flanpipe/1"
 EVAL_COLUMNS = ("dataset", "split", "example_key", "template", "turned", "inputs", "targets", "options", "answer_index")
 Batch = dict[str, np.ndarray]
 
@@ -88,96 +86,38 @@ class EvalRow:
 
 
 # --------------------------------------------------------------------------- manifests
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise OutputError(f"{path}: not found; is this a split directory written by `flanpipe compile`?") from None
-    except json.JSONDecodeError as e:
-        raise OutputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise OutputError(f"{path}: expected a JSON object")
-    return data
-
-
-def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: Path, where: str = "") -> Any:
-    name = f"{where}.{key}" if where else key
-    if key not in data:
-        raise OutputError(f"{path}: {name}: required field is missing")
-    value = data[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise OutputError(f"{path}: {name}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
-    return value
-
-
-def _eval_sets(entries: Mapping[str, Any], split_dir: Path, manifest: Path, where: str) -> dict[str, EvalSet]:
-    out = {}
-    for dataset, entry in entries.items():
-        loc = f"{where}.{dataset}"
-        kind = _field(entry, "kind", str, manifest, loc)
-        metric = _field(entry, "metric", str, manifest, loc)
-        # Rank classification yields accuracy; generation is scored with BLEU or ROUGE.
-        if (kind, metric) not in (("classification", "accuracy"), ("generation", "bleu"), ("generation", "rouge")):
-            raise OutputError(f"{manifest}: {loc}: cannot score kind {kind!r} with metric {metric!r}")
-        out[dataset] = EvalSet(dataset, split_dir / _field(entry, "file", str, manifest, loc), kind, metric)
-    return out
+def _eval_sets(entries: Mapping[str, EvalFile], split_dir: Path) -> dict[str, EvalSet]:
+    return {d: EvalSet(d, split_dir / e.file, e.kind, e.metric) for d, e in entries.items()}
 
 
 def open_split(path: str | Path) -> Split:
-    """Read and check the manifests of one compiled split directory ``DIR/<split>``.
+    """Read and check the manifests of one compiled split directory ``DIR/<split>`` (flanpipe.manifest's models).
 
     Raises:
-      OutputError: a manifest is missing, malformed, or of another format version.
+      OutputError: a manifest is missing, malformed, of another format version, or its special ids differ.
     """
     split_dir = Path(path)
     top_path, split_path = split_dir.parent / "manifest.json", split_dir / "manifest.json"
-    top, manifest = _read_json(top_path), _read_json(split_path)
-    if top.get("format") != FORMAT:
-        raise OutputError(f"{top_path}: format is {top.get('format')!r}, this trainer reads {FORMAT!r}")
-    name = _field(manifest, "split", str, split_path)
-    splits = _field(top, "splits", list, top_path)
-    if name not in splits:
-        raise OutputError(f"{top_path}: splits does not list {name!r}{did_you_mean(name, splits)}")
-    layout = _field(manifest, "layout", str, split_path)
-    if layout not in ("decoder_only", "encoder_decoder"):
-        raise OutputError(f"{split_path}: layout: unknown layout {layout!r}")
-    lengths = _field(manifest, "lengths", dict, split_path)
+    top, m = manifest.load(top_path, TopManifest), manifest.load(split_path, SplitManifest)
+    if m.split not in top.splits:
+        raise OutputError(f"{top_path}: splits does not list {m.split!r}{did_you_mean(m.split, top.splits)}")
     for key, expected in (("pad_id", PAD_ID), ("eos_id", EOS_ID)):
-        if _field(manifest, key, int, split_path) != expected:
-            raise OutputError(f"{split_path}: {key} is {manifest[key]}, flanpipe.schema fixes it at {expected}")
-    train = _field(manifest, "train", dict, split_path)
-    # A shard is a path relative to the split directory, or {"file": path, ...}.
-    shard_list = _field(train, "shards", list, split_path, "train")
-    shards = tuple(split_dir / (s["file"] if isinstance(s, dict) else s) for s in shard_list)
-    tokenizer = _field(top, "tokenizer", dict, top_path)
-    return Split(
-        path=split_dir,
-        name=name,
-        layout=layout,  # type: ignore[arg-type]
-        inputs_length=_field(lengths, "inputs", int, split_path, "lengths"),
-        targets_length=_field(lengths, "targets", int, split_path, "lengths"),
-        vocab_size=_field(manifest, "vocab_size", int, split_path),
-        shards=shards,
-        rows=_field(train, "rows", int, split_path, "train"),
-        eval_sets=_eval_sets(manifest.get("eval", {}), split_dir, split_path, "eval"),
-        fewshot_eval_sets=_eval_sets(manifest.get("fewshot_eval", {}), split_dir, split_path, "fewshot_eval"),
-        prompt_tuning_files={
-            ds: split_dir / _field(entry, "file", str, split_path, f"prompt_tuning.{ds}")
-            for ds, entry in manifest.get("prompt_tuning", {}).items()
-        },
-        tokenizer_file=top_path.parent / _field(tokenizer, "file", str, top_path, "tokenizer"),
-        tokenizer_sha256=_field(tokenizer, "sha256", str, top_path, "tokenizer"),
-        # Which end of a too-long input the compiler cut (its pipeline's `truncate`), so eval
-        # rows are cut the same way; seqio's default, "right", when the manifest does not say.
-        truncate=_truncate_side(top, top_path),
-    )
-
-
-def _truncate_side(top: Mapping[str, Any], path: Path) -> Literal["right", "left"]:
-    side = top.get("pipeline", {}).get("resolved", {}).get("truncate", "right")
+        if getattr(m, key) != expected:
+            raise OutputError(f"{split_path}: {key} is {getattr(m, key)}, flanpipe.schema fixes it at {expected}")
+    side = top.pipeline.resolved.get("truncate", "right")
     if side not in ("right", "left"):
-        raise OutputError(f"{path}: pipeline.resolved.truncate: expected 'right' or 'left', got {side!r}")
-    return side
+        raise OutputError(f"{top_path}: pipeline.resolved.truncate: expected 'right' or 'left', got {side!r}")
+    return Split(
+        path=split_dir, name=m.split, layout=m.layout, inputs_length=m.lengths.inputs,
+        targets_length=m.lengths.targets, vocab_size=m.vocab_size,
+        shards=tuple(split_dir / s for s in m.train.shards), rows=m.train.rows,
+        eval_sets=_eval_sets(m.eval, split_dir), fewshot_eval_sets=_eval_sets(m.fewshot_eval, split_dir),
+        prompt_tuning_files={d: split_dir / e.file for d, e in m.prompt_tuning.items()},
+        tokenizer_file=top_path.parent / top.tokenizer.file, tokenizer_sha256=top.tokenizer.sha256,
+        # Which end of a too-long input the compiler cut (its pipeline's `truncate`), so eval
+        # rows are cut the same way.
+        truncate=side,  # type: ignore[arg-type]
+    )
 
 
 def check_split(split: Split, config: TrainerConfig, config_path: str | Path = "<config>") -> None:
@@ -346,7 +286,7 @@ def featurize(
     prompt_length: int = 0,
     truncate: Literal["right", "left"] = "right",
 ) -> Batch:
-    """One unpacked row, built by the compiler's own code (flanpipe.packing.trim + build_row).
+    """One unpacked row, built by the compiler's own code (flanpipe.packing.single_row).
 
     So eval and prompt-tuning rows are exactly what training saw: inputs and targets each end
     in EOS after truncation (inputs on the compiler's ``truncate`` side), the prefix-LM mask
@@ -355,12 +295,8 @@ def featurize(
     For generation pass ``target_ids=[]``: the first target position holds EOS until decoding
     overwrites it.
     """
-    trimmed = packing.trim(list(input_ids), list(target_ids), RecordLayout(layout, inputs_length, targets_length),
-                           side=truncate)
-    if prompt_length:
-        slots = np.full(prompt_length, PAD_ID, np.int32)
-        trimmed = dataclasses.replace(trimmed, inputs=np.concatenate([slots, trimmed.inputs]))
-    return packing.build_row([trimmed], RecordLayout(layout, inputs_length + prompt_length, targets_length))
+    return packing.single_row(list(input_ids), list(target_ids), RecordLayout(layout, inputs_length, targets_length),
+                              side=truncate, prefix=prompt_length)
 
 
 def stack_rows(rows: Sequence[Batch], batch_size: int) -> Batch:

@@ -21,6 +21,8 @@ from flanpipe.audit.lint import RULES as LINT_RULES
 from flanpipe.audit.lint import Lint, LintSettings
 from flanpipe.audit.stats import SplitStats, sequence_length
 from flanpipe.errors import AuditError, OutputError, did_you_mean
+from flanpipe.manifest import SplitManifest, TopManifest
+from flanpipe.manifest import load as load_manifest
 from flanpipe.spec import OptionsFormat
 from flanpipe.templates import DEFAULT_OPTIONS_FORMAT
 
@@ -70,11 +72,11 @@ def audit_output(out: str | Path, settings: AuditSettings = AuditSettings(),
       OutputError: ``out`` is not a complete compiled output (no or unreadable manifest).
     """
     out = Path(out)
-    manifest = _read_json(out / "manifest.json")
+    manifest = _read_manifest(out / "manifest.json", TopManifest)
     fmt = OptionsFormat(**manifest.get("pipeline", {}).get("resolved", {}).get("options_format")
                         or DEFAULT_OPTIONS_FORMAT.model_dump())
     clusters = {d: info["cluster"] for d, info in manifest.get("datasets", {}).items()}
-    split_manifests = {s: _read_json(out / s / "manifest.json") for s in manifest.get("splits", [])}
+    split_manifests = {s: _read_manifest(out / s / "manifest.json", SplitManifest) for s in manifest.get("splits", [])}
     kinds = {d: info["kind"] for m in split_manifests.values() for d, info in m.get("eval", {}).items()}
     lint = Lint(fmt, kinds, settings.lint)
     splits: dict[str, Any] = {}
@@ -175,13 +177,11 @@ def audit_table(document: dict[str, Any]) -> Table:
     return table
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_manifest(path: Path, model: type[TopManifest] | type[SplitManifest]) -> dict[str, Any]:
+    """A manifest validated by the compiler's own model, as the plain data the audit walks."""
     if not path.exists():
         raise OutputError(f"{path}: missing: not a complete flanpipe output (run `flanpipe compile` first)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise OutputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    return load_manifest(path, model).model_dump(mode="json")
 
 
 def _lint_splits(split_manifests: dict[str, dict[str, Any]]) -> dict[str, str]:

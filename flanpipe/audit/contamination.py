@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flanpipe.audit.lint import Rule, example_row
+from flanpipe.verify import leakage
 
 RULES: dict[str, Rule] = {
     "held_out_leak": Rule("error", "A train mixture holds examples of a cluster held out of it (exact check on the "
@@ -209,7 +210,8 @@ def held_out_check(removed: Sequence[str], pairs: Mapping[tuple[str, str], int],
       removed_clusters, train_clusters, leaked (dataset, cluster, rows) and ok.
     """
     held = set(removed)
+    # the compiler's own rule (flanpipe.verify.leakage), on the manifest's clusters and on the recorded ones
     leaked = [{"dataset": d, "cluster": clusters.get(d, c), "rows": n} for (d, c), n in sorted(pairs.items())
-              if c in held or clusters.get(d) in held]
+              if leakage(clusters, removed, [d]) or leakage({d: c}, removed, [d])]
     return {"removed_clusters": sorted(held), "train_clusters": sorted({c for _, c in pairs}),
             "leaked": leaked, "ok": not leaked}

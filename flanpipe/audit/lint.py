@@ -330,7 +330,8 @@ class Lint:
                                         f"suffix"))
         elif g.labels is not None and 2 <= len(g.labels) and sum(g.labels.values()) >= s.label_min_rows \
                 and all(0 < len(label.split()) <= s.label_max_words for label in g.labels):
-            labels = ", ".join(repr(label) for label, _ in g.labels.most_common())
+            # most frequent first; equal counts by label, so the message does not depend on row order
+            labels = ", ".join(repr(label) for label, _ in sorted(g.labels.items(), key=lambda kv: (-kv[1], kv[0])))
             out.append({**base, "rule": "missing_options", "template": None, "count": sum(g.labels.values()),
                         "rows": g.rows, "message": f"targets take only {len(g.labels)} values ({labels}) but the "
                                                    f"inputs have no OPTIONS suffix: a classification task declared "

@@ -31,7 +31,7 @@ def _dask_client_address(address: str | None, workers: int) -> Iterator[str]:
 
 
 def make_pipeline(runner: str, *, workers: int = 1, mode: str | None = None, beam_args: Sequence[str] = (),
-                  dask_address: str | None = None) -> beam.Pipeline:
+                  dask_address: str | None = None, verbose: bool = False) -> beam.Pipeline:
     """A Beam pipeline on the chosen runner (Dask needs the scheduler address already resolved).
 
     'direct' is Beam's FnApiRunner chosen explicitly: Beam 2.77's DirectRunner (and the
@@ -39,7 +39,9 @@ def make_pipeline(runner: str, *, workers: int = 1, mode: str | None = None, bea
     ``workers`` > 1 runs SDK workers in subprocesses ('multi_processing') unless ``mode`` says otherwise.
     """
     if runner == "direct":
-        options = PipelineOptions(list(beam_args))
+        # Worker processes log every bundle at INFO; keep the terminal for flanpipe's own progress.
+        quiet = [] if verbose else ["--default_sdk_harness_log_level=WARNING"]
+        options = PipelineOptions([*quiet, *beam_args])
         direct = options.view_as(DirectOptions)
         direct.direct_num_workers = workers
         direct.direct_running_mode = mode or ("in_memory" if workers == 1 else "multi_processing")
@@ -55,7 +57,7 @@ def make_pipeline(runner: str, *, workers: int = 1, mode: str | None = None, bea
 
 
 def run_job(build: Callable[[beam.Pipeline], None], runner: str, *, workers: int = 1, mode: str | None = None,
-            beam_args: Sequence[str] = (), dask_address: str | None = None) -> None:
+            beam_args: Sequence[str] = (), dask_address: str | None = None, verbose: bool = False) -> None:
     """Build the job with ``build`` and run it to completion on ``runner``."""
     if runner == "dask":
         with _dask_client_address(dask_address, workers) as address:
@@ -69,7 +71,7 @@ def run_job(build: Callable[[beam.Pipeline], None], runner: str, *, workers: int
                 # or it keeps trying to reconnect and logs errors after a successful job.
                 result.client.close()
         return
-    p = make_pipeline(runner, workers=workers, mode=mode, beam_args=beam_args)
+    p = make_pipeline(runner, workers=workers, mode=mode, beam_args=beam_args, verbose=verbose)
     build(p)
     p.run().wait_until_finish()
 

@@ -1,0 +1,188 @@
+"""Manifest stage: the pydantic models of DIR/manifest.json and DIR/<split>/manifest.json, shared by every reader.
+
+compile writes them (last, after its checks), verify re-checks the files they list, the
+audit reads counts and rates from them, and the trainer reads layouts, shards and eval sets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flanpipe import storage
+from flanpipe.errors import OutputError
+from flanpipe.files import write_json
+
+FORMAT = "flanpipe/2"
+MANIFEST = "manifest.json"
+_MODEL = ConfigDict(extra="forbid", frozen=True)
+
+
+class Lengths(BaseModel):
+    model_config = _MODEL
+    inputs: int = Field(description="Input length of every row (encoder, or the decoder's prefix budget).")
+    targets: int = Field(description="Target length.")
+
+
+class TrainFiles(BaseModel):
+    model_config = _MODEL
+    shards: list[str] = Field(description="ArrayRecord shards, relative to the split directory, in order.")
+    rows: int = Field(description="Packed rows in all shards.")
+    computed_in: str = Field(description="The split whose job packed these rows: this one, or a split with the "
+                                         "same train mixture (same clusters removed) whose files were copied here.")
+
+
+class EvalFile(BaseModel):
+    model_config = _MODEL
+    file: str = Field(description="Parquet file of eval rows, relative to the split directory.")
+    kind: Literal["classification", "generation"]
+    metric: Literal["accuracy", "bleu", "rouge"]
+
+
+class TrainRowsFile(BaseModel):
+    model_config = _MODEL
+    file: str = Field(description="Parquet file of the dataset's rendered train rows (prompt tuning).")
+
+
+class Summary(BaseModel):
+    model_config = _MODEL
+    examples: int
+    rows: int
+    tokens: int = Field(description="Tokens in the packed rows (EOS included, padding not).")
+    lower_bound_rows: int = Field(description="ceil(tokens / row length): fewer rows could not hold the tokens.")
+    packing_efficiency: float = Field(description="tokens / (rows x row length).")
+    input_truncated: int
+    target_truncated: int
+    turned: int
+
+
+class Counts(BaseModel):
+    model_config = _MODEL
+    clusters: dict[str, int]
+    datasets: dict[str, int]
+    templates: dict[str, int] = Field(description="'<dataset>/<template>' -> uses; template -1 in template-free modes.")
+
+
+class SplitManifest(BaseModel):
+    """DIR/<split>/manifest.json."""
+
+    model_config = _MODEL
+    format: Literal["flanpipe/2"]
+    split: str
+    layout: Literal["decoder_only", "encoder_decoder"]
+    lengths: Lengths
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+    removed_clusters: list[str]
+    train: TrainFiles
+    eval: dict[str, EvalFile]
+    fewshot_eval: dict[str, EvalFile]
+    prompt_tuning: dict[str, TrainRowsFile]
+    summary: Summary
+    counts: Counts
+    train_examples_available: dict[str, int] = Field(description="Kept (filtered, capped) train examples.")
+    planned_rates: dict[str, float]
+    planned_examples: dict[str, int] = Field(description="Uses per dataset the mixture allocates.")
+    realized_rates: dict[str, float]
+    files: dict[str, str] = Field(description="sha256 of every file of the split directory but this manifest.")
+
+
+class PipelineInfo(BaseModel):
+    model_config = _MODEL
+    name: str
+    hash: str = Field(description="sha256 of the resolved pipeline, the tokenizer and every dataset's cache key.")
+    file: str
+    resolved: dict[str, Any] = Field(description="The pipeline after `extends:`, as validated.")
+
+
+class TokenizerInfo(BaseModel):
+    model_config = _MODEL
+    file: str
+    sha256: str
+    vocab_size: int
+    source: str
+
+
+class DatasetInfo(BaseModel):
+    model_config = _MODEL
+    cache_key: str
+    cluster: str
+    read: dict[str, dict[str, int]] = Field(description="Per source split: examples read, filtered, capped, kept.")
+
+
+class TopManifest(BaseModel):
+    """DIR/manifest.json."""
+
+    model_config = _MODEL
+    format: Literal["flanpipe/2"]
+    pipeline: PipelineInfo
+    tokenizer: TokenizerInfo
+    versions: dict[str, str]
+    splits: list[str]
+    datasets: dict[str, DatasetInfo]
+    summary: dict[str, Summary]
+    files: dict[str, str] = Field(description="sha256 of every file of the output but this manifest.")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load(url: str | Path, model: type[M]) -> M:
+    """Read and validate a manifest.
+
+    Raises:
+      OutputError: the file is missing, not JSON, of another format, or a field is wrong (named).
+    """
+    url = str(url)
+    try:
+        data = json.loads(storage.read_text(url))
+    except FileNotFoundError:
+        raise OutputError(f"{url}: not found; is this a directory written by `flanpipe compile`?") from None
+    except json.JSONDecodeError as e:
+        raise OutputError(f"{url}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if isinstance(data, dict) and data.get("format") != FORMAT:
+        raise OutputError(f"{url}: format is {data.get('format')!r}, this flanpipe reads {FORMAT!r}; "
+                          f"recompile the output with this version")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top)"
+        message = "required field is missing" if err["type"] == "missing" else err["msg"]
+        raise OutputError(f"{url}: {where}: {message}") from None
+
+
+def write(url: str, manifest: BaseModel) -> str:
+    return write_json(url, manifest.model_dump(mode="json"))
+
+
+def summarize(shards: Sequence[Mapping[str, Any]], row_length: int) -> Summary:
+    """The split summary from its shards' statistics."""
+    rows = sum(s["rows"] for s in shards)
+    tokens = sum(s["tokens"] for s in shards)
+    return Summary(examples=sum(s["examples"] for s in shards), rows=rows, tokens=tokens,
+                   lower_bound_rows=math.ceil(tokens / row_length),
+                   packing_efficiency=tokens / (rows * row_length) if rows else 0.0,
+                   input_truncated=sum(s["input_truncated"] for s in shards),
+                   target_truncated=sum(s["target_truncated"] for s in shards),
+                   turned=sum(s["turned"] for s in shards))
+
+
+def counts(shards: Sequence[Mapping[str, Any]], clusters: Mapping[str, str]) -> Counts:
+    datasets: Counter[str] = Counter()
+    templates: Counter[str] = Counter()
+    for s in shards:
+        datasets.update(s["datasets"])
+        templates.update(s["templates"])
+    per_cluster: Counter[str] = Counter()
+    for d, n in datasets.items():
+        per_cluster[clusters[d]] += n
+    return Counts(clusters=dict(sorted(per_cluster.items())), datasets=dict(sorted(datasets.items())),
+                  templates=dict(sorted(templates.items())))

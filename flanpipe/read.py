@@ -1,0 +1,184 @@
+"""Read stage: one source split of a dataset -> filtered (and for train: capped, mix-ordered) field chunks, Arrow.
+
+Train examples are kept under the cap by a stable hash and stored in the order every
+mixture uses them (the mix order), so a shard's block of uses is a contiguous run of rows.
+Eval splits keep their source order. Each chunk holds ``CHUNK_ROWS`` examples as
+``(row, index, key, key_hash, features)``: the source features the field map reads,
+JSON-encoded (safe to share: no pickle). The template fields are computed again when a
+chunk is rendered: expressions often copy a long feature several times over (a document, its
+articles, the articles joined), which would multiply what is stored and parsed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from flanpipe.errors import TemplateError
+from flanpipe.hashing import CAP, MIX_ORDER, mix64, stable_hash
+from flanpipe.jobs import DatasetJob
+from flanpipe.sources import read_examples
+from flanpipe.store import read_table, write_table
+from flanpipe.files import write_json
+from flanpipe.templates import CompiledDataset
+
+CHUNK_ROWS = 2048  # examples per stored chunk: the unit of rendering, so several workers share a dataset
+
+FIELDS_SCHEMA = pa.schema([
+    ("row", pa.int32()),  # position in the stored order (train: the mix order)
+    ("index", pa.int32()),  # position among the kept examples in source order (round-robin templates)
+    ("key", pa.string()),
+    ("key_hash", pa.uint64()),  # stable_hash(seed, "example", dataset, key): every later choice derives from it
+    ("features", pa.string()),  # the source features the field map reads, JSON
+])
+
+
+@dataclass(frozen=True)
+class ReadCounts:
+    read: int
+    filtered: int
+    capped: int
+    kept: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"read": self.read, "filtered": self.filtered, "capped": self.capped, "kept": self.kept}
+
+
+def key_hash(seed: int, dataset: str, key: str) -> int:
+    return stable_hash(seed, "example", dataset, key)
+
+
+def _encode(compiled: CompiledDataset, key: str, features: dict[str, Any]) -> str | None:
+    """The features the example's fields are made of, as JSON; None when the dataset's filter drops it."""
+    try:
+        values = compiled.fields_of(features)
+    except Exception as e:
+        e.add_note(f"dataset={compiled.spec.name} example_key={key}")
+        raise
+    if values is None:
+        return None
+    try:
+        return json.dumps(compiled.features_used(features), ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as e:
+        raise TemplateError(f"<{compiled.spec.name}>", None, "fields",
+                            f"example {key!r}: a feature value is not plain data ({e})") from None
+
+
+def select_train(compiled: CompiledDataset, examples: Iterable[tuple[str, dict[str, Any]]], *, seed: int,
+                 cap: int) -> tuple[list[tuple[int, str, int, str]], ReadCounts]:
+    """The kept train examples as (index, key, key_hash, features JSON) in mix order, and the counts.
+
+    At most ``2 * cap`` candidates are held at once: whenever more pile up, the ones whose
+    cap hash ranks beyond ``cap`` are dropped, as they would be at the end.
+    """
+    dataset = compiled.spec.name
+    held: list[tuple[int, int, str, int, str]] = []  # (cap rank hash, source position, key, key_hash, fields)
+    read = filtered = 0
+
+    def prune() -> None:
+        held.sort(key=lambda c: (c[0], c[1]))
+        del held[cap:]
+
+    for key, features in examples:
+        position = read
+        read += 1
+        fields = _encode(compiled, key, features)
+        if fields is None:
+            filtered += 1
+            continue
+        h = key_hash(seed, dataset, key)
+        held.append((int(mix64(h, CAP)), position, key, h, fields))
+        if len(held) >= 2 * cap:
+            prune()
+    kept_before_cap = read - filtered
+    if len(held) > cap:
+        prune()
+    held.sort(key=lambda c: c[1])  # source order gives each example its round-robin index
+    order_hash = mix64(np.fromiter((c[3] for c in held), np.uint64, count=len(held)), MIX_ORDER)
+    order = np.lexsort((np.arange(len(held)), order_hash)).tolist()
+    rows = [(i, held[i][2], held[i][3], held[i][4]) for i in order]
+    return rows, ReadCounts(read, filtered, kept_before_cap - len(rows), len(rows))
+
+
+def chunk_tables(rows: Iterable[tuple[int, str, int, str]], start_row: int = 0) -> Iterator[pa.Table]:
+    """Tables of ``CHUNK_ROWS`` consecutive rows (index, key, key_hash, fields)."""
+    batch: list[tuple[int, str, int, str]] = []
+    row = start_row
+    for item in rows:
+        batch.append(item)
+        if len(batch) == CHUNK_ROWS:
+            yield _table(batch, row)
+            row += len(batch)
+            batch = []
+    if batch:
+        yield _table(batch, row)
+
+
+def _table(batch: list[tuple[int, str, int, str]], first_row: int) -> pa.Table:
+    return pa.table({
+        "row": pa.array(range(first_row, first_row + len(batch)), pa.int32()),
+        "index": pa.array([b[0] for b in batch], pa.int32()),
+        "key": pa.array([b[1] for b in batch], pa.string()),
+        "key_hash": pa.array([b[2] for b in batch], pa.uint64()),
+        "features": pa.array([b[3] for b in batch], pa.string()),
+    }, schema=FIELDS_SCHEMA)
+
+
+def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
+    """Read one split of a dataset into the store (chunks, then read.json); returns read.json's content."""
+    compiled, entry = job.compiled, job.entry
+    examples = read_examples(job.spec, split, job.source)
+    if split == "train":
+        rows, counts = select_train(compiled, examples, seed=job.settings.seed, cap=job.settings.cap)
+        tables: Iterator[pa.Table] = chunk_tables(rows)
+    else:
+        tally = {"read": 0, "filtered": 0}
+        tables = chunk_tables(_eval_rows(compiled, examples, job.settings.seed, tally))
+    chunks = 0
+    for chunk, table in enumerate(tables):
+        write_table(entry.fields(split, chunk), table)
+        chunks = chunk + 1
+    if split != "train":
+        counts = ReadCounts(tally["read"], tally["filtered"], 0, tally["read"] - tally["filtered"])
+    meta = {"dataset": job.name, "split": split, "counts": counts.as_dict(), "rows": counts.kept,
+            "chunks": chunks, "chunk_rows": CHUNK_ROWS}
+    write_json(entry.read_meta(split), meta, unique_tmp=True)  # last: its presence means the read is complete
+    return meta
+
+
+def _eval_rows(compiled: CompiledDataset, examples: Iterable[tuple[str, dict[str, Any]]], seed: int,
+               tally: dict[str, int]) -> Iterator[tuple[int, str, int, str]]:
+    """Kept eval examples in source order, streamed (an eval split may be large)."""
+    kept = 0
+    for key, features in examples:
+        tally["read"] += 1
+        fields = _encode(compiled, key, features)
+        if fields is None:
+            tally["filtered"] += 1
+            continue
+        yield kept, key, key_hash(seed, compiled.spec.name, key), fields
+        kept += 1
+
+
+def fields_of(compiled: CompiledDataset, table: pa.Table) -> list[dict[str, Any]]:
+    """The template fields of every example of a stored chunk (the filter kept them all when it was read)."""
+    out = []
+    for key, text in zip(table.column("key").to_pylist(), table.column("features").to_pylist()):
+        try:
+            values = compiled.fields_of(json.loads(text))
+        except Exception as e:
+            e.add_note(f"dataset={compiled.spec.name} example_key={key}")
+            raise
+        if values is None:  # pragma: no cover - expressions are pure, so the filter agrees with the read
+            raise AssertionError(f"{compiled.spec.name}: example {key!r} passed the filter when read, not now")
+        out.append(values)
+    return out
+
+
+def load_chunk(job: DatasetJob, split: str, chunk: int) -> pa.Table:
+    return read_table(job.entry.fields(split, chunk))

@@ -1,0 +1,199 @@
+"""Render stage: a chunk of kept examples -> rendered, tokenized train rows (one variant) or eval rows; pure per chunk."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from flanpipe import storage
+from flanpipe.fewshot import compose, exemplar_text, pick_exemplars
+from flanpipe.hashing import TEMPLATE, mix64
+from flanpipe.jobs import NUM_TEMPLATES, DatasetJob, RenderSettings
+from flanpipe.read import fields_of, load_chunk
+from flanpipe.spec import FewShot
+from flanpipe.store import read_stats, read_table, write_stats, write_table
+from flanpipe.templates import CompiledDataset, Rendered
+from flanpipe.tokenizer import Tokenizer
+
+RENDERED_SCHEMA = pa.schema([
+    ("row", pa.int32()), ("key", pa.string()), ("key_hash", pa.uint64()), ("template", pa.int32()),
+    ("turned", pa.bool_()), ("inputs", pa.string()), ("targets", pa.string()),
+    ("input_ids", pa.list_(pa.int32())), ("target_ids", pa.list_(pa.int32())),
+])
+EVAL_SCHEMA = pa.schema([
+    ("dataset", pa.string()), ("split", pa.string()), ("example_key", pa.string()), ("template", pa.int32()),
+    ("turned", pa.bool_()), ("inputs", pa.string()), ("targets", pa.string()),
+    ("options", pa.list_(pa.string())), ("answer_index", pa.int32()),
+])
+
+
+def templates_of(index: np.ndarray, key_hash: np.ndarray, variant: int, settings: RenderSettings) -> list[int]:
+    """The template of each example's ``variant``-th use: a seeded (or round-robin) start, then the next ones.
+
+    A repeated example (variant 1, 2, ...) therefore draws a different template each time.
+    """
+    if settings.template_choice == "round_robin":
+        start = index.astype(np.int64)
+    else:
+        start = (mix64(key_hash, TEMPLATE) % np.uint64(NUM_TEMPLATES)).astype(np.int64)
+    return ((start + variant) % NUM_TEMPLATES).tolist()
+
+
+def token_lists(tokenizer: Tokenizer, texts: Sequence[str], keep: int | None = None) -> pa.Array:
+    """Token ids of each text (no EOS) as an Arrow list<int32> column; only the first ``keep`` when given.
+
+    ``keep`` one past what a row holds still shows that a text was cut.
+    """
+    ids = tokenizer.encode_batch(texts) if keep is None else tokenizer.encode_heads(texts, keep)
+    lengths = np.fromiter(map(len, ids), np.int32, count=len(ids))
+    offsets = np.zeros(len(ids) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+class Exemplars:
+    """A dataset's few-shot pool and the exemplar texts rendered from it (memoized per pool row and template).
+
+    The pool is the dataset's first train chunk in mix order: a seeded sample of at most
+    ``CHUNK_ROWS`` capped train examples, so picking and rendering exemplars costs O(k) per
+    query and memory stays bounded whatever the dataset size.
+    """
+
+    def __init__(self, compiled: CompiledDataset, pool: pa.Table, settings: RenderSettings, tokenizer: Tokenizer,
+                 mode: str):
+        assert settings.fewshot is not None
+        self.compiled, self.settings, self.tokenizer, self.mode = compiled, settings, tokenizer, mode
+        self.fewshot: FewShot = settings.fewshot
+        self.keys = pool.column("key").to_pylist()
+        self.row_of = {k: i for i, k in enumerate(self.keys)}
+        self.values = fields_of(compiled, pool)
+        self._texts: dict[tuple[int, int], tuple[str, int]] = {}
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode_batch([text])[0])
+
+    def picks(self, key: str, key_hash: int) -> list[int]:
+        """The pool rows shown before this query (the same for all of its templates)."""
+        return pick_exemplars(len(self.keys), key_hash, self.fewshot.max_exemplars,
+                              exclude=self.row_of.get(key, -1))
+
+    def _text(self, row: int, template: int) -> tuple[str, int]:
+        memo = (row, template)
+        if memo not in self._texts:
+            r = self.compiled.render(self.values[row], template, mode=self.mode,  # type: ignore[arg-type]
+                                     options_format=self.settings.options_format)
+            text = exemplar_text(r.inputs, r.targets, self.fewshot)
+            self._texts[memo] = (text, self.count(text))
+        return self._texts[memo]
+
+    def prefix(self, query: Rendered, picks: Sequence[int]) -> Rendered:
+        """The query with as many exemplars (rendered with its template) as fit the token budget."""
+        texts = [self._text(row, max(query.template, 0)) for row in picks]
+        inputs, _ = compose(query.inputs, [t for t, _ in texts], [n for _, n in texts], self.fewshot, self.count)
+        return Rendered(inputs, query.targets, query.options, query.template, query.turned)
+
+
+def render_train(compiled: CompiledDataset, chunk: pa.Table, variant: int, settings: RenderSettings,
+                 tokenizer: Tokenizer, *, shots: Exemplars | None = None) -> pa.Table:
+    """Render and tokenize variant ``variant`` of every example of a stored chunk."""
+    mode = settings.instructions
+    keys = chunk.column("key").to_pylist()
+    hashes = np.asarray(chunk.column("key_hash"))
+    templates = templates_of(np.asarray(chunk.column("index")), hashes, variant, settings)
+    inputs, targets, used, turned = [], [], [], []
+    for values, key, h, t in zip(fields_of(compiled, chunk), keys, hashes.tolist(), templates):
+        r = compiled.render(values, t, mode=mode, options_format=settings.options_format)  # type: ignore[arg-type]
+        if shots is not None:
+            r = shots.prefix(r, shots.picks(key, h))
+        inputs.append(r.inputs)
+        targets.append(r.targets)
+        used.append(r.template)
+        turned.append(r.turned)
+    return pa.table({
+        "row": chunk.column("row"), "key": chunk.column("key"), "key_hash": chunk.column("key_hash"),
+        "template": pa.array(used, pa.int32()), "turned": pa.array(turned, pa.bool_()),
+        "inputs": pa.array(inputs, pa.string()), "targets": pa.array(targets, pa.string()),
+        # A row holds inputs_length - 1 input ids (+ EOS): keeping inputs_length shows a cut.
+        # Left truncation keeps the end of the input, so it is encoded whole.
+        "input_ids": token_lists(tokenizer, inputs, settings.inputs_length if settings.truncate == "right" else None),
+        "target_ids": token_lists(tokenizer, targets, settings.targets_length),
+    }, schema=RENDERED_SCHEMA)
+
+
+def render_eval(compiled: CompiledDataset, split: str, chunk: pa.Table, settings: RenderSettings, *,
+                shots: Exemplars | None = None) -> pa.Table:
+    """Every template x example of a stored eval chunk, with options and the answer index.
+
+    With ``shots``, each input is prefixed with exemplars from the dataset's train pool,
+    the same exemplars for all templates of an example.
+    """
+    mode = settings.eval_instructions
+    templates = range(NUM_TEMPLATES) if mode == "natural" else [0]
+    rows: dict[str, list[Any]] = {name: [] for name in EVAL_SCHEMA.names}
+    keys = chunk.column("key").to_pylist()
+    hashes = chunk.column("key_hash").to_pylist()
+    for values, key, h in zip(fields_of(compiled, chunk), keys, hashes):
+        picks = shots.picks(key, h) if shots is not None else ()
+        for t in templates:
+            r = compiled.render(values, t, mode=mode, options_format=settings.options_format)  # type: ignore[arg-type]
+            if shots is not None:
+                r = shots.prefix(r, picks)
+            answer = r.options.index(r.targets) if r.options else -1
+            for name, value in (("dataset", compiled.spec.name), ("split", split), ("example_key", key),
+                                ("template", r.template), ("turned", r.turned), ("inputs", r.inputs),
+                                ("targets", r.targets), ("options", list(r.options)), ("answer_index", answer)):
+                rows[name].append(value)
+    return pa.table(rows, schema=EVAL_SCHEMA)
+
+
+# ------------------------------------------------------------------ the stage's units
+def exemplars(job: DatasetJob, mode: str) -> Exemplars | None:
+    """The few-shot pool of a dataset, when the pipeline is few-shot and the dataset has train examples."""
+    if job.settings.fewshot is None or "train" not in job.spec.source.splits:
+        return None
+    from_store = job.entry.fields("train", 0)
+    if not storage.exists(from_store):
+        return None  # no kept train example: zero-shot rows
+    return Exemplars(job.compiled, read_table(from_store), job.settings, job.tokenizer, mode)
+
+
+def render_unit(job: DatasetJob, split: str, chunk: int, variant: int) -> dict[str, Any]:
+    """Render one stored chunk (train: variant ``variant``; eval splits: all templates, and few-shot ones) once.
+
+    Returns the chunk's statistics; a chunk already in the store is not rendered again.
+    """
+    entry = job.entry
+    target = entry.rendered(variant, chunk) if split == "train" else entry.evaluated(split, chunk)
+    done = read_stats(target)
+    if done is not None:
+        return done
+    start = time.perf_counter()
+    fields = load_chunk(job, split, chunk)
+    if split == "train":
+        shots = exemplars(job, job.settings.instructions)
+        table = render_train(job.compiled, fields, variant, job.settings, job.tokenizer, shots=shots)
+        # What the example takes in a row (after truncation, EOS included): sizes the mixture in tokens.
+        n_in = np.asarray(table.column("input_ids").combine_chunks().value_lengths())
+        n_out = np.asarray(table.column("target_ids").combine_chunks().value_lengths())
+        lengths = (np.minimum(n_in, job.settings.inputs_length - 1) + np.minimum(n_out, job.settings.targets_length - 1)
+                   + 2)
+        write_table(target, table)
+        stats = {"rows": table.num_rows, "tokens": int(lengths.sum())}
+    else:
+        table = render_eval(job.compiled, split, fields, job.settings)
+        write_table(target, table)
+        shots = exemplars(job, job.settings.eval_instructions)
+        if shots is not None:
+            write_table(entry.evaluated(split, chunk, fewshot=True),
+                        render_eval(job.compiled, split, fields, job.settings, shots=shots))
+        stats = {"rows": table.num_rows, "examples": fields.num_rows}
+    stats.update(dataset=job.name, split=split, chunk=chunk, variant=variant, examples=fields.num_rows,
+                 seconds=round(time.perf_counter() - start, 4))
+    write_stats(target, stats)  # last: its presence means the chunk is complete
+    return stats
