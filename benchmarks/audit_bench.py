@@ -14,7 +14,6 @@ Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flanpipe.audit.contamination import Contamination, EvalSet
+from flanpipe.manifest import FORMAT, SplitManifest, Summary, TopManifest
+from flanpipe.mixing import allocate
 
 SHARDS = 16
 # VmHWM: the child's own peak RSS (ru_maxrss of a child would include the parent's pages at fork time)
@@ -90,15 +91,23 @@ def write_output(root: Path, examples: int, eval_sets: int, seed: int = 0) -> di
         name = f"{shard:05d}-of-{SHARDS:05d}.parquet"
         pq.write_table(pa.table({"decoder_segment_ids": segments}), split / "train" / name)
     rates = {d: 1 / len(datasets) for d in datasets}
-    (split / "manifest.json").write_text(json.dumps({
-        "split": "heldout", "layout": "decoder_only", "lengths": {"inputs": 1024, "targets": 256},
-        "removed_clusters": ["heldout"], "eval": eval_info, "planned_rates": rates,
-        "train_examples_available": {d: examples for d in datasets}, "summary": {}}))
-    (root / "manifest.json").write_text(json.dumps({
-        "format": "flanpipe/1", "pipeline": {"name": "bench", "hash": "0" * 64, "resolved": {
+    # The manifests through the compiler's own models (the audit validates them with these).
+    summary = Summary(examples=examples, rows=examples, tokens=0, lower_bound_rows=0, packing_efficiency=0.0,
+                      input_truncated=0, target_truncated=0, turned=0)
+    (split / "manifest.json").write_text(SplitManifest(
+        format=FORMAT, split="heldout", layout="decoder_only", lengths={"inputs": 1024, "targets": 256},
+        vocab_size=50_000, pad_id=0, eos_id=1, removed_clusters=["heldout"],
+        train={"shards": [], "rows": examples, "computed_in": "heldout"}, eval=eval_info, fewshot_eval={},
+        prompt_tuning={}, summary=summary, counts={"clusters": {}, "datasets": {}, "templates": {}},
+        train_examples_available={d: examples for d in datasets}, planned_rates=rates,
+        planned_examples=allocate(rates, examples), realized_rates={}, files={}).model_dump_json())
+    (root / "manifest.json").write_text(TopManifest(
+        format=FORMAT, pipeline={"name": "bench", "hash": "0" * 64, "file": "bench.yaml", "resolved": {
             "options_format": {"header": "\n\nOPTIONS:", "item": "\n- {option}"}}},
-        "splits": ["heldout"], "datasets": {**{d: {"cluster": "c"} for d in datasets},
-                                            **{e: {"cluster": "heldout"} for e in eval_info}}}))
+        tokenizer={"file": "tokenizer.model", "sha256": "0" * 64, "vocab_size": 50_000, "source": "none"},
+        versions={}, splits=["heldout"], summary={"heldout": summary}, files={},
+        datasets={**{d: {"cache_key": "0", "cluster": "c", "read": {}} for d in datasets},
+                  **{e: {"cache_key": "0", "cluster": "heldout", "read": {}} for e in eval_info}}).model_dump_json())
     return planted
 
 

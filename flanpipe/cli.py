@@ -180,11 +180,13 @@ def compile_(
                                             "taxonomy).")] = TEMPLATES_DIR,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check inputs and print the job's stages; "
                                           "run nothing.")] = False,
+    table_cache_mb: Annotated[int, typer.Option("--table-cache-mb", min=1, help="Per worker: MiB of rendered rows "
+                                                "kept while packing.")] = 256,
 ) -> None:
     """Compile a pipeline into packed ArrayRecord + Parquet mixtures, one per held-out split."""
     options = CompileOptions(out=str(out), runner=runner, workers=workers, mode=mode, splits=tuple(split or ()),
                              cache_dir=str(cache_dir), overwrite=overwrite, beam_args=tuple(beam_arg or ()),
-                             dask_address=dask_address, templates=templates)
+                             dask_address=dask_address, templates=templates, table_cache_mb=table_cache_mb)
     if dry_run:
         try:
             stages = describe_compile(pipeline, options)

@@ -253,7 +253,7 @@ def _finish_split(plan: Plan, ctx: JobContext, split: SplitPlan, mix: dict[str, 
     layout = ctx.layout
     write_tfds_metadata(base, layout, shard_lengths=[s["rows"] for s in shards],
                         name=tfds_name(plan.pipeline.name, split.name))
-    summary = manifest.summarize(shards, layout.sequence_length)
+    summary = manifest.summarize(shards, layout)
     tally = manifest.counts(shards, clusters)
     total = summary.examples
     files = storage.list_files(base)

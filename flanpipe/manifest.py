@@ -7,7 +7,6 @@ audit reads counts and rates from them, and the trainer reads layouts, shards an
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from flanpipe import storage
 from flanpipe.errors import OutputError
 from flanpipe.files import write_json
+from flanpipe.packing import lower_bound
+from flanpipe.schema import RecordLayout
 
 FORMAT = "flanpipe/2"
 MANIFEST = "manifest.json"
@@ -55,7 +56,10 @@ class Summary(BaseModel):
     examples: int
     rows: int
     tokens: int = Field(description="Tokens in the packed rows (EOS included, padding not).")
-    lower_bound_rows: int = Field(description="ceil(tokens / row length): fewer rows could not hold the tokens.")
+    lower_bound_rows: int = Field(description="Fewest rows that could possibly hold the examples: decoder_only "
+                                              "ceil(tokens / row length); encoder_decoder: examples filling their "
+                                              "whole input or target length (one row each) plus the others' total "
+                                              "size over the lengths, in the scarcer dimension.")
     packing_efficiency: float = Field(description="tokens / (rows x row length).")
     input_truncated: int
     target_truncated: int
@@ -163,12 +167,16 @@ def write(url: str, manifest: BaseModel) -> str:
     return write_json(url, manifest.model_dump(mode="json"))
 
 
-def summarize(shards: Sequence[Mapping[str, Any]], row_length: int) -> Summary:
+def summarize(shards: Sequence[Mapping[str, Any]], layout: RecordLayout) -> Summary:
     """The split summary from its shards' statistics."""
     rows = sum(s["rows"] for s in shards)
     tokens = sum(s["tokens"] for s in shards)
+    row_length = layout.sequence_length
+    capacity = ((layout.inputs_length + layout.targets_length,) if layout.layout == "decoder_only"
+                else (layout.inputs_length, layout.targets_length))
+    rest = [sum(parts) for parts in zip(*(s["bound"]["rest"] for s in shards if s["bound"]["rest"]))]
     return Summary(examples=sum(s["examples"] for s in shards), rows=rows, tokens=tokens,
-                   lower_bound_rows=math.ceil(tokens / row_length),
+                   lower_bound_rows=lower_bound(sum(s["bound"]["full"] for s in shards), rest, capacity),
                    packing_efficiency=tokens / (rows * row_length) if rows else 0.0,
                    input_truncated=sum(s["input_truncated"] for s in shards),
                    target_truncated=sum(s["target_truncated"] for s in shards),

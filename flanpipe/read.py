@@ -12,6 +12,7 @@ articles, the articles joined), which would multiply what is stored and parsed.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,14 +55,19 @@ def key_hash(seed: int, dataset: str, key: str) -> int:
 
 
 def _encode(compiled: CompiledDataset, key: str, features: dict[str, Any]) -> str | None:
-    """The features the example's fields are made of, as JSON; None when the dataset's filter drops it."""
-    try:
-        values = compiled.fields_of(features)
-    except Exception as e:
-        e.add_note(f"dataset={compiled.spec.name} example_key={key}")
-        raise
-    if values is None:
-        return None
+    """The features the example's fields are made of, as JSON; None when the dataset's filter drops it.
+
+    Only a dataset with a filter computes the fields here (to apply it); the others compute
+    them when rendering, where a bad example stops the job with the same error.
+    """
+    if compiled.filter is not None:
+        try:
+            values = compiled.fields_of(features)
+        except Exception as e:
+            e.add_note(f"dataset={compiled.spec.name} example_key={key}")
+            raise
+        if values is None:
+            return None
     try:
         return json.dumps(compiled.features_used(features), ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as e:
@@ -77,12 +83,15 @@ def select_train(compiled: CompiledDataset, examples: Iterable[tuple[str, dict[s
     cap hash ranks beyond ``cap`` are dropped, as they would be at the end.
     """
     dataset = compiled.spec.name
-    held: list[tuple[int, int, str, int, str]] = []  # (cap rank hash, source position, key, key_hash, fields)
+    held: list[tuple[int, str, int, str]] = []  # (source position, key, key_hash, features)
     read = filtered = 0
 
-    def prune() -> None:
-        held.sort(key=lambda c: (c[0], c[1]))
-        del held[cap:]
+    def top(candidates: list[tuple[int, str, int, str]]) -> list[tuple[int, str, int, str]]:
+        """The ``cap`` candidates of smallest cap hash (ties: source position), in source order."""
+        hashes = mix64(np.fromiter((c[2] for c in candidates), np.uint64, count=len(candidates)), CAP)
+        positions = np.fromiter((c[0] for c in candidates), np.int64, count=len(candidates))
+        keep = np.sort(np.lexsort((positions, hashes))[:cap])
+        return [candidates[i] for i in keep.tolist()]
 
     for key, features in examples:
         position = read
@@ -91,17 +100,16 @@ def select_train(compiled: CompiledDataset, examples: Iterable[tuple[str, dict[s
         if fields is None:
             filtered += 1
             continue
-        h = key_hash(seed, dataset, key)
-        held.append((int(mix64(h, CAP)), position, key, h, fields))
+        held.append((position, key, key_hash(seed, dataset, key), fields))
         if len(held) >= 2 * cap:
-            prune()
+            held = top(held)
     kept_before_cap = read - filtered
     if len(held) > cap:
-        prune()
-    held.sort(key=lambda c: c[1])  # source order gives each example its round-robin index
-    order_hash = mix64(np.fromiter((c[3] for c in held), np.uint64, count=len(held)), MIX_ORDER)
+        held = top(held)
+    # held is in source order: each example's round-robin index is its position among the kept
+    order_hash = mix64(np.fromiter((c[2] for c in held), np.uint64, count=len(held)), MIX_ORDER)
     order = np.lexsort((np.arange(len(held)), order_hash)).tolist()
-    rows = [(i, held[i][2], held[i][3], held[i][4]) for i in order]
+    rows = [(i, held[i][1], held[i][2], held[i][3]) for i in order]
     return rows, ReadCounts(read, filtered, kept_before_cap - len(rows), len(rows))
 
 
@@ -131,6 +139,7 @@ def _table(batch: list[tuple[int, str, int, str]], first_row: int) -> pa.Table:
 
 def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
     """Read one split of a dataset into the store (chunks, then read.json); returns read.json's content."""
+    started = time.perf_counter()
     compiled, entry = job.compiled, job.entry
     examples = read_examples(job.spec, split, job.source)
     if split == "train":
@@ -146,7 +155,7 @@ def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
     if split != "train":
         counts = ReadCounts(tally["read"], tally["filtered"], 0, tally["read"] - tally["filtered"])
     meta = {"dataset": job.name, "split": split, "counts": counts.as_dict(), "rows": counts.kept,
-            "chunks": chunks, "chunk_rows": CHUNK_ROWS}
+            "chunks": chunks, "chunk_rows": CHUNK_ROWS, "seconds": round(time.perf_counter() - started, 3)}
     write_json(entry.read_meta(split), meta, unique_tmp=True)  # last: its presence means the read is complete
     return meta
 
@@ -170,7 +179,7 @@ def fields_of(compiled: CompiledDataset, table: pa.Table) -> list[dict[str, Any]
     out = []
     for key, text in zip(table.column("key").to_pylist(), table.column("features").to_pylist()):
         try:
-            values = compiled.fields_of(json.loads(text))
+            values = compiled.fields_of(json.loads(text), plain=True)
         except Exception as e:
             e.add_note(f"dataset={compiled.spec.name} example_key={key}")
             raise

@@ -44,17 +44,26 @@ def templates_of(index: np.ndarray, key_hash: np.ndarray, variant: int, settings
     return ((start + variant) % NUM_TEMPLATES).tolist()
 
 
+_ENCODE_BATCH = 256  # texts per native call: the ids come back as Python ints, so keep their lists short-lived
+
+
 def token_lists(tokenizer: Tokenizer, texts: Sequence[str], keep: int | None = None) -> pa.Array:
     """Token ids of each text (no EOS) as an Arrow list<int32> column; only the first ``keep`` when given.
 
     ``keep`` one past what a row holds still shows that a text was cut.
     """
-    ids = tokenizer.encode_batch(texts) if keep is None else tokenizer.encode_heads(texts, keep)
-    lengths = np.fromiter(map(len, ids), np.int32, count=len(ids))
-    offsets = np.zeros(len(ids) + 1, np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(offsets[-1]))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    lengths, values = [], []
+    for start in range(0, len(texts), _ENCODE_BATCH):
+        batch = texts[start:start + _ENCODE_BATCH]
+        ids = tokenizer.encode_batch(batch) if keep is None else tokenizer.encode_heads(batch, keep)
+        n = np.fromiter(map(len, ids), np.int32, count=len(ids))
+        lengths.append(n)
+        values.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(n.sum())))
+    offsets = np.zeros(len(texts) + 1, np.int32)
+    if lengths:
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    flat = np.concatenate(values) if values else np.zeros(0, np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
 
 
 class Exemplars:

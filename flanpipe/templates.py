@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
+import jinja2.runtime
 import numpy as np
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
@@ -148,8 +149,11 @@ class CompiledDataset:
         """
         return {name: to_python(features[name]) for name in self._top_features if name in features}
 
-    def fields_of(self, features: Mapping[str, Any]) -> dict[str, Any] | None:
+    def fields_of(self, features: Mapping[str, Any], *, plain: bool = False) -> dict[str, Any] | None:
         """Compute the template variables of one source example; None when the filter drops it.
+
+        ``plain``: the features are already plain Python (e.g. decoded JSON), so TFDS values
+        need no conversion.
 
         Raises:
           TemplateError: a feature is missing, an expression fails, or the answer index is out of range.
@@ -157,7 +161,7 @@ class CompiledDataset:
         values: dict[str, Any] = {}
         for name, path, expr in self.fields:
             if path is not None:
-                values[name] = _lookup(features, path, self, name)
+                values[name] = _lookup(features, path, self, name, plain)
             else:
                 values[name] = self._evaluate(expr, values, ("fields", name, "expr"))
         if self.filter is not None and not self._evaluate(self.filter, values, ("filter",)):
@@ -179,7 +183,7 @@ class CompiledDataset:
         # (it would copy the globals into a fresh context on every call).
         try:
             template = expr._template
-            context = template.new_context({**_ENV.globals, **values}, shared=True)
+            context = _context(template, {**_ENV.globals, **values})
             for _ in template.root_render_func(context):
                 pass
             return context.vars["result"]
@@ -219,11 +223,17 @@ class CompiledDataset:
         # half of a short template's cost; a shared context over globals + values renders the same.
         try:
             return template.environment.concat(  # type: ignore[attr-defined]
-                template.root_render_func(template.new_context(scope, shared=True))).strip()
+                template.root_render_func(_context(template, scope))).strip()
         except jinja2.exceptions.SecurityError as e:
             raise TemplateError(self._path, None, _dotted(loc), f"refused by the sandbox: {e}") from None
         except jinja2.UndefinedError as e:
             raise TemplateError(self._path, None, _dotted(loc), f"undefined value: {e.message}") from None
+
+
+def _context(template: jinja2.Template, scope: dict[str, Any]) -> jinja2.runtime.Context:
+    """A render context over ``scope`` (globals already in it), as Template.render builds one but without
+    copying the globals, or listing them as ``Template.new_context`` does, on every call."""
+    return jinja2.runtime.new_context(template.environment, template.name, template.blocks, scope, True, None, None)
 
 
 def options_suffix(options: Sequence[str], fmt: OptionsFormat = DEFAULT_OPTIONS_FORMAT) -> str:
@@ -241,7 +251,8 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _lookup(features: Mapping[str, Any], path: list[str], owner: CompiledDataset, field: str) -> Any:
+def _lookup(features: Mapping[str, Any], path: list[str], owner: CompiledDataset, field: str, plain: bool = False
+            ) -> Any:
     node: Any = features
     for i, part in enumerate(path):
         if not isinstance(node, Mapping) or part not in node:
@@ -251,7 +262,7 @@ def _lookup(features: Mapping[str, Any], path: list[str], owner: CompiledDataset
                                 f"feature {'/'.join(path)!r} not found: {where} has no {part!r}"
                                 f"{did_you_mean(part, have)}; available: {', '.join(have) or '(none)'}")
         node = node[part]
-    return to_python(node)
+    return node if plain else to_python(node)
 
 
 def to_python(value: Any) -> Any:

@@ -23,7 +23,7 @@ from flanpipe.files import ArrayRecordSink, ParquetSink, copy_file, write_json
 from flanpipe.hashing import SHUFFLE, mix64
 from flanpipe.jobs import DatasetJob, JobContext, MixturePlan
 from flanpipe.mixing import Mixture, pieces, shard_range, windows
-from flanpipe.packing import Items, Placement, Trim, build_rows, pack, sizes_of, trim
+from flanpipe.packing import Items, Placement, Trim, bound_parts, build_rows, pack, sizes_of, trim
 from flanpipe.read import CHUNK_ROWS
 from flanpipe.records import encode_rows
 from flanpipe.render import EVAL_SCHEMA
@@ -109,8 +109,8 @@ def gather(slices: Mapping[str, tuple[int, int]], names: list[str], kept: Mappin
             variant.append(np.full(n, v, np.int32))
             use.append(np.arange(at, at + n, dtype=np.int64))
             at += n
-    return Window(pa.concat_tables(tables).combine_chunks(), np.concatenate(dataset), np.concatenate(variant),
-                  np.concatenate(use))
+    # Left in chunks: the token columns are flattened once (_items), the texts only taken once (_examples).
+    return Window(pa.concat_tables(tables), np.concatenate(dataset), np.concatenate(variant), np.concatenate(use))
 
 
 def _items(table: pa.Table) -> Items:
@@ -133,8 +133,13 @@ class _Counts:
         self.templates: Counter[str] = Counter()
         self.totals = Counter({"rows": 0, "examples": 0, "tokens": 0, "input_truncated": 0, "target_truncated": 0,
                                "turned": 0})
+        self.full = 0
+        self.rest: list[int] = []
 
-    def add(self, w: Window, t: Trim, sizes: np.ndarray, rows: int) -> None:
+    def add(self, w: Window, t: Trim, sizes: np.ndarray, capacity: tuple[int, ...], rows: int) -> None:
+        full, rest = bound_parts(sizes, capacity)
+        self.full += full
+        self.rest = [a + b for a, b in zip(self.rest, rest)] if self.rest else rest
         self.datasets += np.bincount(w.dataset, minlength=len(self.names))
         template = np.asarray(w.table.column("template"))
         # template -1 (template-free modes) counts as its own slot
@@ -148,7 +153,7 @@ class _Counts:
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.totals, "datasets": {n: int(c) for n, c in zip(self.names, self.datasets) if c},
-                "templates": dict(sorted(self.templates.items()))}
+                "templates": dict(sorted(self.templates.items())), "bound": {"full": self.full, "rest": self.rest}}
 
 
 def _examples(w: Window, order: np.ndarray, t: Trim, row: np.ndarray, segment: np.ndarray, row_offset: int,
@@ -219,7 +224,7 @@ def write_shard(ctx: JobContext, mixture: MixturePlan, shard: int, mix: Mixture,
         rows_out.write(_rows_table(arrays, layout))
         order = np.lexsort((segment, row))
         examples_out.write(_examples(w, order, t, row, segment, row_offset, name_array, cluster_array))
-        counts.add(w, t, sizes, placed.rows)
+        counts.add(w, t, sizes, capacity, placed.rows)
         row_offset += placed.rows
     digests = {rel: sink.commit() for rel, sink in ((f"train/{name}.array_record", records),
                                                     (f"train/{name}.parquet", rows_out),

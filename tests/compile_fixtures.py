@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 from flanpipe.compiler import CompileOptions, CompileResult, run_compile
 from flanpipe.tokenizer import train_tokenizer
@@ -47,8 +48,19 @@ def make_world(root: Path, *, train: int = 40, seed: int = 0, pipeline_extra: st
     return write(root / "pipeline.yaml", pipeline)
 
 
-def compile_world(root: Path, out: str = "out", **options: object) -> CompileResult:
+def compile_world(root: Path, out: str = "out", *, watch: Any = None, **options: object) -> CompileResult:
     """Compile ``root``'s pipeline into ``root/out`` with the world's templates and ``root/cache``."""
     options.setdefault("cache_dir", str(root / "cache"))
     return run_compile(root / "pipeline.yaml", CompileOptions(out=str(root / out), templates=root / "templates",
-                                                              **options))  # type: ignore[arg-type]
+                                                              **options), watch=watch)  # type: ignore[arg-type]
+
+
+def world_jobs(root: Path, cache: str = "cache") -> tuple[Any, dict[str, Any], Any]:
+    """The world's plan, its per-dataset jobs (store under ``root/cache``) and the job context (output ``root/out``)."""
+    from flanpipe.compiler import _context, dataset_jobs, tokenizer_path
+    from flanpipe.plan import load_plan
+    from flanpipe.tokenizer import Tokenizer
+
+    plan = load_plan(root / "pipeline.yaml", templates=root / "templates")
+    jobs = dataset_jobs(plan, Tokenizer.from_file(tokenizer_path(plan)), str(root / cache))
+    return plan, jobs, _context(plan, str(root / "out"), jobs, CompileOptions(out=str(root / "out")))

@@ -234,3 +234,21 @@ def test_a_second_compile_into_a_busy_directory_is_refused(world, tmp_path):
             _compile(world, str(out))
     _compile(world, str(out))  # free again
     assert verify_output(out) == [] and not (out / ".compile.lock").exists()
+
+
+def test_splits_with_the_same_mixture_are_computed_once_and_copied(tmp_path):
+    make_world(tmp_path)
+    pipe = tmp_path / "pipeline.yaml"
+    pipe.write_text(pipe.read_text().replace("held_out: [natural_language_inference, sentiment]",
+                                             "held_out: [natural_language_inference, paraphrase, sentiment]"))
+    result = _compile(tmp_path, "out")
+    nli, para = (json.loads((tmp_path / "out" / s / "manifest.json").read_text())
+                 for s in ("natural_language_inference", "paraphrase"))
+    # NLI and paraphrase remove each other: one train mixture, packed once, copied into the other split
+    assert nli["train"]["computed_in"] == para["train"]["computed_in"] == "natural_language_inference"
+    shards = [f for f in nli["files"] if f.startswith(("train/", "examples/"))]
+    assert shards and all(nli["files"][f] == para["files"][f] for f in shards)
+    assert set(nli["eval"]) == {"rte"} and set(para["eval"]) == {"para"}  # the eval sets differ
+    senti = json.loads((tmp_path / "out" / "sentiment" / "manifest.json").read_text())
+    assert senti["train"]["computed_in"] == "sentiment"
+    assert verify_output(tmp_path / "out") == [] and len(result.manifest["splits"]) == 3

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from flanpipe.packing import (Items, Placement, best_fit_decreasing, build_rows, next_fit, pack, single_row,
-                              sizes_of, trim, unpack)
+from flanpipe.packing import (Items, Placement, best_fit_decreasing, bound_parts, build_rows, lower_bound, next_fit,
+                              pack, single_row, sizes_of, trim, unpack)
 from flanpipe.schema import EOS_ID, RecordLayout
 
 DEC = RecordLayout("decoder_only", 8, 4)
@@ -56,11 +56,20 @@ def test_two_dimensional_packing_respects_both_capacities_and_stays_near_the_bou
     with pytest.raises(ValueError, match="exceeds the bin capacity"):
         best_fit_decreasing([(9, 1)], (8, 4))
     inputs, targets = _flan_like(10_000, seed=1)
-    placed = pack(np.stack([inputs, targets], axis=1), (1024, 256))
+    targets[::33] = 256  # a summary filling its whole target length: a row of its own
+    sizes = np.stack([inputs, targets], axis=1)
+    placed = pack(sizes, (1024, 256))
     for dim, cap in ((inputs, 1024), (targets, 256)):
         assert np.bincount(placed.row, weights=dim).max() <= cap
-    bound = max(math.ceil(inputs.sum() / 1024), math.ceil(targets.sum() / 256))
-    assert placed.rows <= 1.02 * bound
+    bound = lower_bound(*bound_parts(sizes, (1024, 256)), (1024, 256))
+    full = (inputs >= 1024) | (targets >= 256)
+    assert bound == full.sum() + max(math.ceil(inputs[~full].sum() / 1024), math.ceil(targets[~full].sum() / 256))
+    assert bound <= placed.rows <= 1.01 * bound
+
+
+def test_the_lower_bound_in_one_dimension_is_total_over_capacity():
+    sizes = np.array([[1280], [5], [700], [700]])
+    assert lower_bound(*bound_parts(sizes, (1280,)), (1280,)) == math.ceil(2685 / 1280)
 
 
 def test_decoder_only_row_layout():

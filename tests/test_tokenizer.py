@@ -42,3 +42,32 @@ def test_bad_model_files(tmp_path):
     junk.write_bytes(b"\x00\x01 not a model")
     with pytest.raises(TokenizerError, match="junk.model: not a SentencePiece model"):
         Tokenizer.from_file(junk)
+
+
+def _long_texts() -> list[str]:
+    words = "the river ran past seven old mills where bakers sold bread at dawn ünïcødé 1901".split()
+    return [" ".join(words[(i * j) % len(words)] for j in range(n)) for i, n in enumerate([3, 50, 400, 2500, 9000])]
+
+
+def test_heads_are_exactly_the_first_ids_of_the_whole_text():
+    tok = Tokenizer.from_file(DEFAULT_MODEL)
+    assert tok.splits_on_whitespace
+    texts = _long_texts() + ["x" * 20_000, "a" + " " * 9000 + "b"]  # no space to cut at; a long run of spaces
+    for keep in (1, 7, 256, 1024):
+        assert tok.encode_heads(texts, keep) == [ids[:keep] for ids in tok.encode_batch(texts)]
+
+
+def test_heads_of_a_model_that_does_not_split_on_whitespace_encode_whole_texts(tmp_path):
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_long_texts() * 20), model_writer=model, vocab_size=60,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, split_by_whitespace=False,
+                                   minloglevel=2, hard_vocab_limit=False)
+    (tmp_path / "nows.model").write_bytes(model.getvalue())
+    tok = Tokenizer.from_file(tmp_path / "nows.model")
+    assert not tok.splits_on_whitespace
+    texts = _long_texts()
+    assert tok.encode_heads(texts, 100) == [ids[:100] for ids in tok.encode_batch(texts)]

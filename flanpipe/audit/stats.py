@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flanpipe.mixing import allocate
 from flanpipe.spec import OptionsFormat
 from flanpipe.templates import options_suffix
 
@@ -161,7 +160,7 @@ class SplitStats:
         in_edges = length_edges(int(lengths.get("inputs", 1)))
         out_edges = length_edges(int(lengths.get("targets", 1)))
         planned_rates: dict[str, float] = m.get("planned_rates", {})
-        planned = allocate(planned_rates, total) if planned_rates and total else {}
+        planned: dict[str, int] = m.get("planned_examples", {})  # the compile's own allocation
         datasets = {}
         names = sorted(set(planned_rates) | set(cols["dataset"].tolist()))
         for d in names:

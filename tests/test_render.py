@@ -1,0 +1,70 @@
+"""Render stage: variants take the next template, tokens keep only what a row holds, each chunk renders once."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from flanpipe import read
+from flanpipe.render import render_train, render_unit, templates_of, token_lists
+from flanpipe.store import stats_path
+
+from compile_fixtures import make_world, world_jobs
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("render")
+    make_world(root, train=60)
+    return root
+
+
+def test_templates_start_by_hash_or_round_robin_and_repeats_take_the_next(world):
+    _, jobs, _ = world_jobs(world)
+    settings = jobs["senti"].settings
+    index, hashes = np.arange(20), np.arange(20, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    first = templates_of(index, hashes, 0, settings)
+    assert templates_of(index, hashes, 1, settings) == [(t + 1) % 10 for t in first]
+    assert len(set(first)) > 3  # a seeded spread, not one template
+    robin = templates_of(index, hashes, 0, type(settings)(**{**settings.__dict__, "template_choice": "round_robin"}))
+    assert robin == [i % 10 for i in range(20)]
+
+
+def test_token_lists_keep_one_past_a_row_so_a_cut_still_shows(world):
+    _, jobs, _ = world_jobs(world)
+    tok = jobs["senti"].tokenizer
+    texts = ["short one", " ".join(["river stone market"] * 200)]
+    full = tok.encode_batch(texts)
+    kept = token_lists(tok, texts, keep=16).to_pylist()
+    assert kept == [full[0], full[1][:16]] and len(full[1]) > 16
+    assert token_lists(tok, texts).to_pylist() == full
+
+
+def test_render_train_is_deterministic_and_variants_differ(world):
+    _, jobs, _ = world_jobs(world, cache="cache-r1")
+    job = jobs["senti"]
+    read.read_split(job, "train")
+    chunk = read.load_chunk(job, "train", 0)
+    a = render_train(job.compiled, chunk, 0, job.settings, job.tokenizer)
+    assert a.equals(render_train(job.compiled, chunk, 0, job.settings, job.tokenizer))
+    b = render_train(job.compiled, chunk, 1, job.settings, job.tokenizer)
+    assert [(t + 1) % 10 for t in a.column("template").to_pylist()] == b.column("template").to_pylist()
+    assert a.column("key").to_pylist() == chunk.column("key").to_pylist()
+    ids = a.column("input_ids").to_pylist()
+    assert ids == [x[:job.settings.inputs_length] for x in job.tokenizer.encode_batch(a.column("inputs").to_pylist())]
+
+
+def test_a_rendered_chunk_is_stored_once_with_its_statistics(world):
+    _, jobs, _ = world_jobs(world, cache="cache-r2")
+    job = jobs["senti"]
+    read.read_split(job, "train")
+    stats = render_unit(job, "train", 0, 0)
+    assert stats["rows"] == stats["examples"] == 60 and stats["tokens"] > 0
+    marker = stats_path(job.entry.rendered(0, 0))
+    before = os.stat(marker).st_mtime_ns
+    assert render_unit(job, "train", 0, 0) == stats and os.stat(marker).st_mtime_ns == before
+    read.read_split(job, "test")
+    evals = render_unit(job, "test", 0, 0)
+    assert evals["rows"] == 10 * evals["examples"] == 100  # every template of every example
