@@ -12,6 +12,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pipeline", type=Path, default=REPO / "pipelines" / "flan2021.yaml")
     ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -58,15 +60,21 @@ def main() -> None:
             [sys.executable, "-c", "import sys,json; from flanpipe.plan import load_plan; "
              "print(json.dumps([s.name for s in load_plan(sys.argv[1]).splits]))", str(args.pipeline)],
             check=True, capture_output=True, text=True).stdout)[0]
-        cold_one, _ = compile_run(args.pipeline, tmp / "one", tmp / "cache-one", "--split", split)
-        cold_all, rss_1x = compile_run(args.pipeline, tmp / "all", tmp / "cache-all")
-        warm_all, _ = compile_run(args.pipeline, tmp / "all", tmp / "cache-all")
+        # Cold compiles, alternated and repeated (this machine's timings vary by a third run to run): medians.
+        ones, alls = [], []
+        for r in range(args.repeats):
+            ones.append(compile_run(args.pipeline, tmp / "one", tmp / f"cache-one-{r}", "--split", split)[0])
+            wall, rss_1x = compile_run(args.pipeline, tmp / "all", tmp / f"cache-all-{r}")
+            alls.append(wall)
+        cold_one, cold_all = statistics.median(ones), statistics.median(alls)
+        warm_all, _ = compile_run(args.pipeline, tmp / "all", tmp / "cache-all-0")
         top = json.loads((tmp / "all" / "manifest.json").read_text())
         examples = sum(s["examples"] for s in top["summary"].values())
         print(f"compile, {len(top['splits'])} splits, cold cache : {cold_all:7.1f} s  "
               f"({examples:,} mixture examples, {examples / cold_all:,.0f} examples/s on 1 worker)")
         print(f"compile, all splits, warm cache        : {warm_all:7.1f} s")
-        print(f"compile, one split ({split}), cold cache: {cold_one:7.1f} s -> all/one = {cold_all / cold_one:.2f}x")
+        print(f"compile, one split ({split}), cold cache: {cold_one:7.1f} s -> all/one = {cold_all / cold_one:.2f}x "
+              f"(medians of {args.repeats}; one {min(ones):.1f}-{max(ones):.1f} s, all {min(alls):.1f}-{max(alls):.1f} s)")
 
         # Bare SentencePiece on the same rendered text (the floor cost of the compile).
         tok = Tokenizer.from_file(tmp / "all" / "tokenizer.model")
@@ -98,7 +106,7 @@ def main() -> None:
 
         big = scaled_pipeline(args.pipeline, tmp, args.scale)
         try:
-            _, rss_big = compile_run(big, tmp / "big", tmp / "cache-all")
+            _, rss_big = compile_run(big, tmp / "big", tmp / "cache-all-0")
         finally:
             big.unlink()
         print(f"peak RSS: 1x mixture {rss_1x:,.0f} MiB; {args.scale}x mixture {rss_big:,.0f} MiB "

@@ -93,8 +93,12 @@ class DatasetJob:
 
     @functools.cached_property
     def compiled(self) -> CompiledDataset:
-        """The compiled templates, built once per worker (not pickled: Jinja templates are code objects)."""
-        return CompiledDataset(self.spec, cluster_title=self.cluster_title)
+        """The compiled templates, built once per worker (not pickled: Jinja templates are code objects).
+
+        The driver checked the spec when it loaded the collection, so workers skip the static
+        checks and compile each template when it first renders.
+        """
+        return CompiledDataset(self.spec, cluster_title=self.cluster_title, check=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

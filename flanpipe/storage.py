@@ -32,11 +32,16 @@ def is_local(url: str) -> bool:
 
 
 def exists(url: str) -> bool:
+    if "://" not in url:
+        return os.path.exists(url)
     fs, path = filesystem(url)
     return fs.exists(path)
 
 
 def makedirs(url: str) -> None:
+    if "://" not in url:
+        os.makedirs(url, exist_ok=True)
+        return
     fs, path = filesystem(url)
     fs.makedirs(path, exist_ok=True)
 
@@ -55,6 +60,8 @@ def remove(url: str) -> None:
 
 
 def open_file(url: str, mode: str = "rb") -> IO[Any]:
+    if "://" not in url:  # a local path: the built-in open, without fsspec's per-file overhead
+        return open(url, mode)  # noqa: SIM115 - the caller closes it
     fs, path = filesystem(url)
     return fs.open(path, mode)
 
@@ -80,9 +87,12 @@ def list_files(url: str) -> list[str]:
 
 def rename(src: str, dst: str) -> None:
     """Move ``src`` to ``dst``, replacing it; atomic on local disks (os.replace after fsync)."""
-    fs, src_path = filesystem(src)
-    _, dst_path = filesystem(dst)
-    if isinstance(fs, LocalFileSystem):
+    if "://" not in src and "://" not in dst:
+        fs, src_path, dst_path = None, src, dst
+    else:
+        fs, src_path = filesystem(src)
+        _, dst_path = filesystem(dst)
+    if fs is None or isinstance(fs, LocalFileSystem):
         fd = os.open(src_path, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -62,10 +62,14 @@ class Rendered:
 class CompiledDataset:
     """A dataset's expressions and templates, compiled once and checked against its declared fields."""
 
-    def __init__(self, spec: DatasetSpec, located: Located | None = None, *, cluster_title: str = ""):
+    def __init__(self, spec: DatasetSpec, located: Located | None = None, *, cluster_title: str = "",
+                 check: bool = True):
+        """``check=False`` (workers: the driver already checked the same spec) skips the static checks and
+        compiles each template the first time it renders."""
         self.spec = spec
         self.cluster_title = cluster_title
         self._located = located
+        self._check = check
         self._path: Path | str = located.path if located is not None else f"<{spec.name}>"
         known: list[str] = []
         self.fields: list[tuple[str, list[str] | None, Any]] = []
@@ -81,15 +85,25 @@ class CompiledDataset:
         if isinstance(spec.options, ExprOptions):
             self.options_expr = self._expression(spec.options.expr, known, ("options", "expr"))
         self.answer_expr = self._expression(spec.answer, known, ("answer",)) if spec.answer else None
+        self.templates: list[tuple[jinja2.Template, jinja2.Template] | None] = [None] * len(spec.templates)
+        if not check:
+            return
         for i, name in enumerate(spec.raw.inputs + [spec.raw.target]):
             if name not in spec.variables():
                 loc = ("raw", "inputs", i) if i < len(spec.raw.inputs) else ("raw", "target")
                 self._fail(loc, f"unknown field {name!r}{did_you_mean(name, spec.variables())}")
-        self.templates = [
-            (self._template(t.input, ("templates", i, "input")), self._template(t.target, ("templates", i, "target")))
-            for i, t in enumerate(spec.templates)
-        ]
+        for i in range(len(spec.templates)):
+            self._pair(i)
         self._check_template_set()
+
+    def _pair(self, i: int) -> tuple[jinja2.Template, jinja2.Template]:
+        """Template ``i``'s compiled input and target (compiled on first use)."""
+        pair = self.templates[i]
+        if pair is None:
+            t = self.spec.templates[i]
+            pair = self.templates[i] = (self._template(t.input, ("templates", i, "input")),
+                                        self._template(t.target, ("templates", i, "target")))
+        return pair
 
     # ----------------------------------------------------------------- static checks
     def _fail(self, loc: tuple[str | int, ...], message: str, inner_line: int | None = None) -> None:
@@ -119,11 +133,13 @@ class CompiledDataset:
                                 f"declared: {', '.join(known) or '(none)'}", inner)
 
     def _expression(self, source: str, known: Sequence[str], loc: tuple[str | int, ...]) -> Any:
-        self._parse("{{ (" + source + ") }}", known, loc)
+        if self._check:
+            self._parse("{{ (" + source + ") }}", known, loc)
         return _ENV.compile_expression(source, undefined_to_none=False)
 
     def _template(self, source: str, loc: tuple[str | int, ...]) -> jinja2.Template:
-        self._parse(source, self.spec.variables(), loc)
+        if self._check:
+            self._parse(source, self.spec.variables(), loc)
         return _ENV.from_string(source)
 
     def _check_template_set(self) -> None:
@@ -204,7 +220,7 @@ class CompiledDataset:
         options: tuple[str, ...] = tuple(values["options"]) if self.spec.kind == "classification" else ()
         if mode == "natural":
             spec_t = self.spec.templates[template]
-            source_in, source_out = self.templates[template]
+            source_in, source_out = self._pair(template)
             scope = {**_ENV.globals, **values}  # one context dict for both templates (see _run)
             inputs = self._run(source_in, scope, ("templates", template, "input"))
             targets = self._run(source_out, scope, ("templates", template, "target"))

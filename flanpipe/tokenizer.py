@@ -25,7 +25,7 @@ class Tokenizer:
         self.model_proto = model_proto
         self.source = source
         self.sha256 = hashlib.sha256(model_proto).hexdigest()
-        self._sp = _load(model_proto, source)
+        self._loaded: spm.SentencePieceProcessor | None = _load(model_proto, source)
         self.splits_on_whitespace = _splits_on_whitespace(model_proto)
 
     @classmethod
@@ -41,10 +41,20 @@ class Tokenizer:
         return cls(path.read_bytes(), source=str(path))
 
     def __getstate__(self) -> dict[str, object]:
-        return {"model_proto": self.model_proto, "source": self.source}
+        return {"model_proto": self.model_proto, "source": self.source, "sha256": self.sha256,
+                "splits_on_whitespace": self.splits_on_whitespace}
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(state["model_proto"], source=state["source"])  # type: ignore[misc, arg-type]
+        # Checked when first built; a worker unpickles one copy per Beam stage and may never
+        # encode, so the model loads on first use.
+        self.__dict__.update(state)
+        self._loaded = None
+
+    @property
+    def _sp(self) -> spm.SentencePieceProcessor:
+        if self._loaded is None:
+            self._loaded = _load(self.model_proto, self.source)
+        return self._loaded
 
     @property
     def vocab_size(self) -> int:
