@@ -24,6 +24,7 @@ from flanpipe.errors import TemplateError
 from flanpipe.hashing import CAP, MIX_ORDER, mix64, stable_hash
 from flanpipe.jobs import DatasetJob
 from flanpipe.sources import read_examples
+from flanpipe.spec import SamplesSource
 from flanpipe.store import read_table, write_table
 from flanpipe.files import write_json
 from flanpipe.templates import CompiledDataset
@@ -54,7 +55,7 @@ def key_hash(seed: int, dataset: str, key: str) -> int:
     return stable_hash(seed, "example", dataset, key)
 
 
-def _encode(compiled: CompiledDataset, key: str, features: dict[str, Any]) -> str | None:
+def _encode(compiled: CompiledDataset, key: str, features: dict[str, Any], plain: bool = False) -> str | None:
     """The features the example's fields are made of, as JSON; None when the dataset's filter drops it.
 
     Only a dataset with a filter computes the fields here (to apply it); the others compute
@@ -69,18 +70,19 @@ def _encode(compiled: CompiledDataset, key: str, features: dict[str, Any]) -> st
         if values is None:
             return None
     try:
-        return json.dumps(compiled.features_used(features), ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(compiled.features_used(features, plain=plain), ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as e:
         raise TemplateError(f"<{compiled.spec.name}>", None, "fields",
                             f"example {key!r}: a feature value is not plain data ({e})") from None
 
 
 def select_train(compiled: CompiledDataset, examples: Iterable[tuple[str, dict[str, Any]]], *, seed: int,
-                 cap: int) -> tuple[list[tuple[int, str, int, str]], ReadCounts]:
+                 cap: int, plain: bool = False) -> tuple[list[tuple[int, str, int, str]], ReadCounts]:
     """The kept train examples as (index, key, key_hash, features JSON) in mix order, and the counts.
 
     At most ``2 * cap`` candidates are held at once: whenever more pile up, the ones whose
-    cap hash ranks beyond ``cap`` are dropped, as they would be at the end.
+    cap hash ranks beyond ``cap`` are dropped, as they would be at the end. ``plain``: the
+    examples are already plain Python (a JSONL source), so TFDS values need no conversion.
     """
     dataset = compiled.spec.name
     held: list[tuple[int, str, int, str]] = []  # (source position, key, key_hash, features)
@@ -96,7 +98,7 @@ def select_train(compiled: CompiledDataset, examples: Iterable[tuple[str, dict[s
     for key, features in examples:
         position = read
         read += 1
-        fields = _encode(compiled, key, features)
+        fields = _encode(compiled, key, features, plain)
         if fields is None:
             filtered += 1
             continue
@@ -142,12 +144,13 @@ def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
     started = time.perf_counter()
     compiled, entry = job.compiled, job.entry
     examples = read_examples(job.spec, split, job.source)
+    plain = isinstance(job.source, SamplesSource)  # JSONL: values are plain Python already
     if split == "train":
-        rows, counts = select_train(compiled, examples, seed=job.settings.seed, cap=job.settings.cap)
+        rows, counts = select_train(compiled, examples, seed=job.settings.seed, cap=job.settings.cap, plain=plain)
         tables: Iterator[pa.Table] = chunk_tables(rows)
     else:
         tally = {"read": 0, "filtered": 0}
-        tables = chunk_tables(_eval_rows(compiled, examples, job.settings.seed, tally))
+        tables = chunk_tables(_eval_rows(compiled, examples, job.settings.seed, tally, plain))
     chunks = 0
     for chunk, table in enumerate(tables):
         write_table(entry.fields(split, chunk), table)
@@ -161,12 +164,12 @@ def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
 
 
 def _eval_rows(compiled: CompiledDataset, examples: Iterable[tuple[str, dict[str, Any]]], seed: int,
-               tally: dict[str, int]) -> Iterator[tuple[int, str, int, str]]:
+               tally: dict[str, int], plain: bool) -> Iterator[tuple[int, str, int, str]]:
     """Kept eval examples in source order, streamed (an eval split may be large)."""
     kept = 0
     for key, features in examples:
         tally["read"] += 1
-        fields = _encode(compiled, key, features)
+        fields = _encode(compiled, key, features, plain)
         if fields is None:
             tally["filtered"] += 1
             continue

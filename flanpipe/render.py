@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import array
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -56,9 +56,11 @@ def token_lists(tokenizer: Tokenizer, texts: Sequence[str], keep: int | None = N
     for start in range(0, len(texts), _ENCODE_BATCH):
         batch = texts[start:start + _ENCODE_BATCH]
         ids = tokenizer.encode_batch(batch) if keep is None else tokenizer.encode_heads(batch, keep)
-        n = np.fromiter(map(len, ids), np.int32, count=len(ids))
-        lengths.append(n)
-        values.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(n.sum())))
+        lengths.append(np.fromiter(map(len, ids), np.int32, count=len(ids)))
+        flat = array.array("i")
+        for x in ids:  # array.fromlist: the fastest way from Python ints to an int32 buffer (~20 ns an id)
+            flat.fromlist(x)
+        values.append(np.frombuffer(flat, np.int32))
     offsets = np.zeros(len(texts) + 1, np.int32)
     if lengths:
         np.cumsum(np.concatenate(lengths), out=offsets[1:])

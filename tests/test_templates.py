@@ -136,3 +136,28 @@ def test_answer_out_of_range_and_missing_feature(tmp_path):
         compiled.fields_of({**FEATURES, "label": -1})
     with pytest.raises(TemplateError, match=r"fields.hypothesis: feature 'hypothesis' not found.*did you mean"):
         compiled.fields_of({"premise": "p", "hypothesiss": "h", "label": 0})
+
+
+def test_substitution_templates_render_exactly_as_jinja_does():
+    from flanpipe.collection import load_collection
+    from flanpipe.sources import read_samples
+    from flanpipe.templates import _ENV, Substitution
+
+    collection = load_collection()
+    fast = 0
+    for name, spec in collection.datasets.items():
+        compiled = collection.compiled(name)
+        split = "train" if "train" in spec.source.splits else "test"
+        for _, features in list(read_samples(spec, split))[:3]:
+            values = compiled.fields_of(features)
+            if values is None:
+                continue
+            scope = {**_ENV.globals, **values}
+            for t in spec.templates:
+                for source in (t.input, t.target):
+                    sub = Substitution.of(source)
+                    if sub is not None:
+                        fast += 1
+                        assert sub.render(scope) == _ENV.from_string(source).render(**values)
+    assert fast > 1000
+    assert Substitution.of("{{ a | upper }}") is None and Substitution.of("{% if a %}x{% endif %}") is None
