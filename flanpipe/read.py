@@ -141,7 +141,7 @@ def _table(batch: list[tuple[int, str, int, str]], first_row: int) -> pa.Table:
 
 def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
     """Read one split of a dataset into the store (chunks, then read.json); returns read.json's content."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     compiled, entry = job.compiled, job.entry
     examples = read_examples(job.spec, split, job.source)
     plain = isinstance(job.source, SamplesSource)  # JSONL: values are plain Python already
@@ -158,7 +158,8 @@ def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
     if split != "train":
         counts = ReadCounts(tally["read"], tally["filtered"], 0, tally["read"] - tally["filtered"])
     meta = {"dataset": job.name, "split": split, "counts": counts.as_dict(), "rows": counts.kept,
-            "chunks": chunks, "chunk_rows": CHUNK_ROWS, "seconds": round(time.perf_counter() - started, 3)}
+            "chunks": chunks, "chunk_rows": CHUNK_ROWS, "seconds": round(time.perf_counter() - started, 3),
+            "cpu_seconds": round(time.process_time() - cpu, 3)}
     write_json(entry.read_meta(split), meta, unique_tmp=True)  # last: its presence means the read is complete
     return meta
 

@@ -184,7 +184,7 @@ def render_unit(job: DatasetJob, split: str, chunk: int, variant: int) -> dict[s
     done = read_stats(target)
     if done is not None:
         return done
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fields = load_chunk(job, split, chunk)
     if split == "train":
         shots = exemplars(job, job.settings.instructions)
@@ -205,6 +205,6 @@ def render_unit(job: DatasetJob, split: str, chunk: int, variant: int) -> dict[s
                         render_eval(job.compiled, split, fields, job.settings, shots=shots))
         stats = {"rows": table.num_rows, "examples": fields.num_rows}
     stats.update(dataset=job.name, split=split, chunk=chunk, variant=variant, examples=fields.num_rows,
-                 seconds=round(time.perf_counter() - start, 4))
+                 seconds=round(time.perf_counter() - start, 4), cpu_seconds=round(time.process_time() - cpu, 4))
     write_stats(target, stats)  # last: its presence means the chunk is complete
     return stats

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -81,20 +80,17 @@ def _check_format(spec: DatasetSpec, path: Path, data_dir: str) -> None:
         )
 
 
-@lru_cache(maxsize=64)
-def _open(path: str, stamp: tuple[int, int]) -> Any:
+def _open(path: str) -> Any:
     import tensorflow_datasets as tfds  # imported lazily: slow, and only needed for TFDS sources
 
-    del stamp  # part of the cache key only: a re-prepared directory is reopened
-    return tfds.builder_from_directory(path)
+    return tfds.builder_from_directory(path)  # no memo: each dataset's source is opened once per stage
 
 
 def _builder(spec: DatasetSpec, data_dir: str) -> Any:
     path = dataset_dir(spec, data_dir)
     _check_format(spec, path, data_dir)
-    st = (path / "dataset_info.json").stat()
     try:
-        builder = _open(str(path), (st.st_mtime_ns, st.st_size))
+        builder = _open(str(path))
     except Exception as e:  # a damaged directory can fail in many ways inside TFDS
         raise SourceError(f"{_what(spec)}: cannot open the prepared data at {path}: {type(e).__name__}: {e}") from None
     _check_features(spec, builder.info.features, path)
