@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -82,6 +83,13 @@ def tiny_templates(tmp_path: Path) -> Path:
         (root / cluster / f"{name}.yaml").write_text(generation_yaml(name, cluster))
     (root / "taxonomy.yaml").write_text(TINY_TAXONOMY)
     return root
+
+
+def missing_tool(reason: str) -> None:
+    """A test needs a tool this machine lacks: skip, except where FLANPIPE_TEST_STRICT=1 (CI), which fails."""
+    if os.environ.get("FLANPIPE_TEST_STRICT") == "1":
+        pytest.fail(f"{reason}; FLANPIPE_TEST_STRICT=1 (set by .ci/run) forbids skipping it")
+    pytest.skip(reason)
 
 
 def write(path: Path, text: str) -> Path:

@@ -16,10 +16,17 @@ from matplotlib import image
 from flanpipe.audit.report import PLANNED, REALIZED, render_html
 
 from audit_fixtures import audited
+from conftest import missing_tool
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
-                                    "(apt-get install -y chromium); the browser checks need it")
+needs_chromium = pytest.mark.usefixtures("chromium")
+
+
+@pytest.fixture
+def chromium() -> str:
+    if CHROMIUM is None:
+        missing_tool("chromium is not installed (apt-get install -y chromium); the browser checks need it")
+    return CHROMIUM  # type: ignore[return-value]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
 

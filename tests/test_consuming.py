@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from compile_fixtures import compile_world, make_world
+from conftest import missing_tool
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "consuming.md"
 SPLIT = "natural_language_inference"  # classification eval set (rte): every eval branch of the doc runs
@@ -93,7 +94,7 @@ def test_snippet_runs(block, split_dir):
     _, _, line, code = block
     missing = _missing(PRELUDE[0][3] + "\n" + code)
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (not installed)")
+        missing_tool(f"needs {', '.join(missing)} (not installed)")
     _, _, prelude_line, prelude = PRELUDE[0]
     namespace: dict = {"__name__": "consuming_snippet"}
     _exec(SPLIT_LINE.sub(f"SPLIT_DIR = Path({str(split_dir)!r})", prelude), prelude_line, namespace)

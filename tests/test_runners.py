@@ -26,7 +26,6 @@ def _files(out: Path) -> dict[str, str]:
 
 
 def test_dask_local_cluster_gives_the_same_bytes(world):
-    pytest.importorskip("distributed")
     compile_world(world, "dask", cache_dir=str(world / "dcache"), runner="dask", workers=2)
     assert _files(world / "dask") == _files(world / "local")
     assert verify_output(str(world / "dask")) == []

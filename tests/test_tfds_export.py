@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
-tfds = pytest.importorskip("tensorflow_datasets")
+import tensorflow_datasets as tfds
 
 from flanpipe.errors import OutputError  # noqa: E402
 from flanpipe.packing import Items, Placement, build_rows, trim  # noqa: E402

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-tfds = pytest.importorskip("tensorflow_datasets")
+import tensorflow_datasets as tfds
 
 from flanpipe import tfds_source  # noqa: E402
 from flanpipe.errors import SourceError  # noqa: E402
