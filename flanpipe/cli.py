@@ -21,7 +21,7 @@ from flanpipe.errors import CompileError
 from flanpipe.compiler import DEFAULT_CACHE, CompileOptions, describe_compile, run_compile
 from flanpipe.plan import load_plan
 from flanpipe.progress import Snapshot
-from flanpipe.report import compile_table, plan_table, rates_table
+from flanpipe.report import bad_examples_lines, compile_table, plan_table, rates_table
 from flanpipe.verify import verify_output
 from flanpipe.spec import write_schemas
 from flanpipe.files import sha256_file
@@ -210,6 +210,9 @@ def compile_(
         console.print_json(data=manifest["summary"])
     elif not quiet:
         console.print(compile_table(manifest))
+    if not json_out:
+        for line in bad_examples_lines(manifest):
+            err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flanpipe.errors import CompileError, SpecError, did_you_mean
-from flanpipe.spec import DatasetSpec, Taxonomy, load_dataset_file, load_taxonomy
+from flanpipe.spec import DatasetSpec, Taxonomy, TemplateLimits, load_dataset_file, load_taxonomy
 from flanpipe.templates import CompiledDataset
 from flanpipe.yamlio import Located
 
@@ -22,12 +22,12 @@ class Collection:
     taxonomy: Taxonomy
     datasets: dict[str, DatasetSpec]
     paths: dict[str, Path]
+    marks: dict[str, Located]  # each dataset file's line marks (no data), so errors name file:line
 
-    def compiled(self, name: str) -> CompiledDataset:
-        """The dataset's compiled templates (re-parses its file so errors carry lines)."""
-        spec, located = load_dataset_file(self.paths[name])
-        title = self.taxonomy.clusters[spec.cluster].title
-        return CompiledDataset(spec, located, cluster_title=title)
+    def compiled(self, name: str, limits: TemplateLimits | None = None) -> CompiledDataset:
+        """The dataset's compiled templates (checked when the collection was loaded)."""
+        return CompiledDataset(self.datasets[name], self.marks[name], cluster_title=self.cluster_title(name),
+                               check=False, limits=limits or TemplateLimits())
 
     def cluster_title(self, dataset: str) -> str:
         return self.taxonomy.clusters[self.datasets[dataset].cluster].title
@@ -56,6 +56,7 @@ def load_collection(root: str | Path = TEMPLATES_DIR, *, errors: list[CompileErr
     taxonomy, tax_located = load_taxonomy(root / TAXONOMY_FILE)
     datasets: dict[str, DatasetSpec] = {}
     paths: dict[str, Path] = {}
+    marks: dict[str, Located] = {}
     for path in dataset_files(root):
         try:
             spec, located = load_dataset_file(path)
@@ -72,9 +73,10 @@ def load_collection(root: str | Path = TEMPLATES_DIR, *, errors: list[CompileErr
                              f"file lives in folder {path.parent.name!r} but names cluster {spec.cluster!r}"))
         datasets[spec.name] = spec
         paths[spec.name] = path
+        marks[spec.name] = located.marks()
     for error in _cross_check(taxonomy, tax_located, datasets, paths):
         report(error)
-    return Collection(root, taxonomy, datasets, paths)
+    return Collection(root, taxonomy, datasets, paths, marks)
 
 
 def _cross_check(taxonomy: Taxonomy, located: Located, datasets: dict[str, DatasetSpec],

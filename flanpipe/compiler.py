@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flanpipe import __version__, manifest, storage
+from flanpipe.beam import failures
 from flanpipe.beam.job import MIXTURES_FILE, build
 from flanpipe.beam.runner import describe_job, run_job
 from flanpipe.collection import TEMPLATES_DIR
@@ -76,7 +77,8 @@ def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, 
             spec_sha256=sha256_file(plan.collection.paths[name]), source=plan.pipeline.source,
             source_fingerprint=source_fingerprint(spec, plan.pipeline.source), settings=settings,
             tokenizer=tokenizer, cache_dir=storage.resolve(cache_dir),
-            eval_splits=("validation", "test") if name in evaluated else (), trained=name in trained)
+            eval_splits=("validation", "test") if name in evaluated else (), trained=name in trained,
+            marks=plan.collection.marks[name])
     return jobs
 
 
@@ -148,9 +150,16 @@ def run_compile(pipeline: str | Path, options: CompileOptions, progress: Callabl
         ctx = _context(plan, out, jobs, options)
         progress(f"running the Beam job ({options.runner}, {len(jobs)} datasets, {len(plan.splits)} splits, "
                  f"{len(ctx.mixtures)} distinct train mixtures)")
-        with Watcher(ctx, watch) if watch else _nothing():
-            run_job(lambda p: build(p, ctx), options.runner, workers=options.workers, mode=options.mode,
-                    beam_args=options.beam_args, dask_address=options.dask_address)
+        failures.clear(out)
+        try:
+            with Watcher(ctx, watch) if watch else _nothing():
+                run_job(lambda p: build(p, ctx), options.runner, workers=options.workers, mode=options.mode,
+                        beam_args=options.beam_args, dask_address=options.dask_address)
+        except Exception as e:  # the first worker error in one line, whatever shape the runner gave it
+            error = failures.job_failure(out, e)
+            failures.clear(out)
+            raise error from e
+        failures.clear(out)  # errors of bundles the runner retried successfully
         progress("checking the output and writing manifests")
         top = _finish(plan, ctx, tokenizer, tok_path, resolved)
         storage.remove(storage.join(out, IN_PROGRESS))
@@ -204,7 +213,8 @@ def _finish(plan: Plan, ctx: JobContext, tokenizer: Tokenizer, tok_path: Path, r
     out = ctx.out_dir
     mixes = read_json(storage.join(out, MIXTURES_FILE))
     computed_in = {s: m.name for m in ctx.mixtures for s in (m.name, *m.aliases)}
-    reads = {n: {s: read_json(j.entry.read_meta(s))["counts"] for s in j.splits} for n, j in ctx.datasets.items()}
+    metas = {n: {s: read_json(j.entry.read_meta(s)) for s in j.splits} for n, j in ctx.datasets.items()}
+    reads = {n: {s: m["counts"] for s, m in ms.items()} for n, ms in metas.items()}
     tok_digest = write_bytes(storage.join(out, TOKENIZER_FILE), tokenizer.model_proto)
     known = {TOKENIZER_FILE: tok_digest}
     split_manifests = {}
@@ -219,7 +229,8 @@ def _finish(plan: Plan, ctx: JobContext, tokenizer: Tokenizer, tok_path: Path, r
         tokenizer={"file": TOKENIZER_FILE, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
                    "source": tok_path.name},
         versions=_versions(), splits=[s.name for s in ctx.splits],
-        datasets={n: {"cache_key": j.key, "cluster": j.spec.cluster, "read": reads[n]}
+        datasets={n: {"cache_key": j.key, "cluster": j.spec.cluster, "read": reads[n],
+                      "bad_examples": {s: m["bad"] for s, m in metas[n].items() if m.get("bad")}}
                   for n, j in sorted(ctx.datasets.items())},
         summary={n: m.summary for n, m in split_manifests.items()},
         files=checksums(out, exclude=[MANIFEST, IN_PROGRESS], known=known),

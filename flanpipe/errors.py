@@ -17,20 +17,37 @@ def _location(path: object, line: int | None, field: str | None) -> str:
     return f"{loc}: {field}" if field else loc
 
 
-class SpecError(CompileError):
+class _Located(CompileError):
+    """An error at a place in a YAML file: ``path:line: field: message``.
+
+    Also constructible from the one formatted message alone, as Beam and pickling rebuild an
+    exception (``type(e)(message)``), so the error keeps its type across worker processes.
+    """
+
+    def __init__(self, path: object, line: int | None = None, field: str | None = None,
+                 message: str | None = None, *, example: str | None = None):
+        if message is None:  # the formatted message only
+            self.path, self.line, self.field, self.message, self.example = None, None, None, None, None
+            super().__init__(str(path))
+            return
+        self.path, self.line, self.field, self.message, self.example = path, line, field, message, example
+        shown = f"example {example!r}: {message}" if example is not None else message
+        super().__init__(f"{_location(path, line, field)}: {shown}")
+
+    def for_example(self, key: str) -> _Located:
+        """The same error naming the example it happened on (unchanged if it names one already)."""
+        if self.message is None or self.example is not None:
+            return self
+        return type(self)(self.path, self.line, self.field, self.message, example=key)
+
+
+class SpecError(_Located):
     """A YAML file (dataset, taxonomy or pipeline) is malformed or inconsistent."""
 
-    def __init__(self, path: object, line: int | None, field: str | None, message: str):
-        self.path, self.line, self.field, self.message = path, line, field, message
-        super().__init__(f"{_location(path, line, field)}: {message}")
 
-
-class TemplateError(CompileError):
-    """A template does not compile, uses an undeclared variable, or fails to render."""
-
-    def __init__(self, path: object, line: int | None, field: str | None, message: str):
-        self.path, self.line, self.field, self.message = path, line, field, message
-        super().__init__(f"{_location(path, line, field)}: {message}")
+class TemplateError(_Located):
+    """A template does not compile, uses an undeclared variable or a refused construct, exceeds a limit, or fails
+    to render."""
 
 
 class SourceError(CompileError):
@@ -47,6 +64,19 @@ class OutputError(CompileError):
 
 class AuditError(CompileError):
     """An audit option is invalid (unknown rule name, bad n-gram size)."""
+
+
+class JobError(CompileError):
+    """The Beam job failed for a reason that is not one of the above (a bug, a lost worker, a full disk)."""
+
+
+def rebuild(type_name: str, message: str) -> CompileError:
+    """The flanpipe error named ``type_name`` with ``message`` (a worker's error, rebuilt in the driver)."""
+    kind = next((k for k in _KINDS if k.__name__ == type_name), None)
+    return kind(message) if kind is not None else JobError(message)
+
+
+_KINDS = (SpecError, TemplateError, SourceError, TokenizerError, OutputError, AuditError, JobError, CompileError)
 
 
 def did_you_mean(name: str, choices: list[str] | set[str] | tuple[str, ...], n: int = 3) -> str:

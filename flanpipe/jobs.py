@@ -11,10 +11,12 @@ from typing import Any
 from flanpipe import __version__, storage
 from flanpipe.plan import SplitPlan
 from flanpipe.schema import RecordLayout
-from flanpipe.spec import DatasetSpec, FewShot, OptionsFormat, PipelineSpec, SamplesSource, TfdsDataSource
+from flanpipe.spec import (DatasetSpec, FewShot, OptionsFormat, PipelineSpec, SamplesSource, TemplateLimits,
+                           TfdsDataSource)
 from flanpipe.store import Entry
 from flanpipe.templates import CompiledDataset
 from flanpipe.tokenizer import Tokenizer
+from flanpipe.yamlio import Located
 
 CACHE_FORMAT = 3  # bump when the stored tables change shape or meaning
 NUM_TEMPLATES = 10
@@ -34,17 +36,20 @@ class RenderSettings:
     targets_length: int
     truncate: str
     fewshot: FewShot | None = None
+    bad_examples: str = "error"  # or "skip": drop examples whose fields cannot be computed
+    # What one render may cost. Not in the cache key: a render within the limits gives the same text under any.
+    limits: TemplateLimits = TemplateLimits()
 
     @classmethod
     def of(cls, p: PipelineSpec) -> RenderSettings:
         return cls(p.seed, p.template_choice, p.instructions, p.eval_instructions, p.options_format, p.mixing.cap,
-                   p.lengths.inputs, p.lengths.targets, p.truncate, p.fewshot)
+                   p.lengths.inputs, p.lengths.targets, p.truncate, p.fewshot, p.bad_examples, p.template_limits)
 
     def as_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "template_choice": self.template_choice, "instructions": self.instructions,
                 "eval_instructions": self.eval_instructions, "options_format": self.options_format.model_dump(),
                 "cap": self.cap, "lengths": [self.inputs_length, self.targets_length], "truncate": self.truncate,
-                "fewshot": self.fewshot.model_dump() if self.fewshot else None}
+                "fewshot": self.fewshot.model_dump() if self.fewshot else None, "bad_examples": self.bad_examples}
 
     @property
     def variants_available(self) -> int:
@@ -66,6 +71,7 @@ class DatasetJob:
     cache_dir: str
     eval_splits: tuple[str, ...]  # validation/test when the dataset is evaluated somewhere
     trained: bool  # some split trains on it
+    marks: Located | None = field(default=None, repr=False)  # the dataset file's line marks, for file:line errors
 
     @functools.cached_property
     def key(self) -> str:
@@ -98,7 +104,8 @@ class DatasetJob:
         The driver checked the spec when it loaded the collection, so workers skip the static
         checks and compile each template when it first renders.
         """
-        return CompiledDataset(self.spec, cluster_title=self.cluster_title, check=False)
+        return CompiledDataset(self.spec, self.marks, cluster_title=self.cluster_title, check=False,
+                               limits=self.settings.limits)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

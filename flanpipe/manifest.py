@@ -114,11 +114,20 @@ class TokenizerInfo(BaseModel):
     source: str
 
 
+class BadInfo(BaseModel):
+    model_config = _MODEL
+    reasons: dict[str, int] = Field(description="Examples dropped per reason: the field at fault (e.g. 'answer').")
+    first: list[list[str]] = Field(description="The first few dropped: [example key, error message].")
+
+
 class DatasetInfo(BaseModel):
     model_config = _MODEL
     cache_key: str
     cluster: str
-    read: dict[str, dict[str, int]] = Field(description="Per source split: examples read, filtered, capped, kept.")
+    read: dict[str, dict[str, int]] = Field(description="Per source split: examples read, filtered, capped, kept, "
+                                                        "bad (dropped under bad_examples: skip).")
+    bad_examples: dict[str, BadInfo] = Field(default_factory=dict, description=(
+        "Per source split with bad examples dropped (bad_examples: skip): count per reason and the first few."))
 
 
 class TopManifest(BaseModel):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,38 +46,73 @@ class ReadCounts:
     filtered: int
     capped: int
     kept: int
+    bad: int = 0  # dropped as bad (bad_examples: skip)
 
     def as_dict(self) -> dict[str, int]:
-        return {"read": self.read, "filtered": self.filtered, "capped": self.capped, "kept": self.kept}
+        return {"read": self.read, "filtered": self.filtered, "capped": self.capped, "kept": self.kept,
+                "bad": self.bad}
+
+
+@dataclass
+class BadExamples:
+    """Examples dropped under ``bad_examples: skip``: how many per reason (the field at fault), and the first few."""
+
+    reasons: dict[str, int] = field(default_factory=dict)
+    first: list[list[str]] = field(default_factory=list)  # [key, message]
+    shown: int = 5
+
+    def add(self, key: str, error: TemplateError) -> None:
+        reason = error.field or "example"
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if len(self.first) < self.shown:
+            self.first.append([key, str(error)])
+
+    @property
+    def count(self) -> int:
+        return sum(self.reasons.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reasons": dict(sorted(self.reasons.items())), "first": self.first}
+
+
+_BAD = ""  # _encode's answer for a bad example that is skipped (None: the filter dropped it)
 
 
 def key_hash(seed: int, dataset: str, key: str) -> int:
     return stable_hash(seed, "example", dataset, key)
 
 
-def _encode(compiled: CompiledDataset, key: str, features: dict[str, Any], plain: bool = False) -> str | None:
+def _encode(compiled: CompiledDataset, key: str, features: dict[str, Any], plain: bool = False,
+            bad: BadExamples | None = None) -> str | None:
     """The features the example's fields are made of, as JSON; None when the dataset's filter drops it.
 
-    Only a dataset with a filter computes the fields here (to apply it); the others compute
-    them when rendering, where a bad example stops the job with the same error.
+    A dataset with a filter computes the fields here (to apply it), and so does every dataset
+    when bad examples are skipped (``bad`` collects them; ``_BAD`` is returned); the others
+    compute them when rendering, where a bad example stops the job with the same error.
     """
-    if compiled.filter is not None:
-        try:
-            values = compiled.fields_of(features)
-        except Exception as e:
-            e.add_note(f"dataset={compiled.spec.name} example_key={key}")
-            raise
-        if values is None:
-            return None
     try:
-        return json.dumps(compiled.features_used(features, plain=plain), ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError) as e:
-        raise TemplateError(f"<{compiled.spec.name}>", None, "fields",
-                            f"example {key!r}: a feature value is not plain data ({e})") from None
+        if compiled.filter is not None or bad is not None:
+            try:
+                values = compiled.fields_of(features)
+            except TemplateError as e:
+                raise e.for_example(key) from None
+            if values is None:
+                return None
+        try:
+            return json.dumps(compiled.features_used(features, plain=plain), ensure_ascii=False,
+                              separators=(",", ":"))
+        except (TypeError, ValueError) as e:
+            raise compiled.error(("fields",), f"a feature value is not plain data ({e})").for_example(key) from None
+    except TemplateError as e:
+        if bad is None:
+            raise
+        bad.add(key, e)
+        return _BAD
 
 
 def select_train(compiled: CompiledDataset, examples: Iterable[tuple[str, dict[str, Any]]], *, seed: int,
-                 cap: int, plain: bool = False) -> tuple[list[tuple[int, str, int, str]], ReadCounts]:
+                 cap: int, plain: bool = False, bad: BadExamples | None = None
+                 ) -> tuple[list[tuple[int, str, int, str]], ReadCounts]:
     """The kept train examples as (index, key, key_hash, features JSON) in mix order, and the counts.
 
     At most ``2 * cap`` candidates are held at once: whenever more pile up, the ones whose
@@ -98,21 +133,24 @@ def select_train(compiled: CompiledDataset, examples: Iterable[tuple[str, dict[s
     for key, features in examples:
         position = read
         read += 1
-        fields = _encode(compiled, key, features, plain)
+        fields = _encode(compiled, key, features, plain, bad)
         if fields is None:
             filtered += 1
+            continue
+        if fields is _BAD:
             continue
         held.append((position, key, key_hash(seed, dataset, key), fields))
         if len(held) >= 2 * cap:
             held = top(held)
-    kept_before_cap = read - filtered
+    skipped = bad.count if bad is not None else 0
+    kept_before_cap = read - filtered - skipped
     if len(held) > cap:
         held = top(held)
     # held is in source order: each example's round-robin index is its position among the kept
     order_hash = mix64(np.fromiter((c[2] for c in held), np.uint64, count=len(held)), MIX_ORDER)
     order = np.lexsort((np.arange(len(held)), order_hash)).tolist()
     rows = [(i, held[i][1], held[i][2], held[i][3]) for i in order]
-    return rows, ReadCounts(read, filtered, kept_before_cap - len(rows), len(rows))
+    return rows, ReadCounts(read, filtered, kept_before_cap - len(rows), len(rows), skipped)
 
 
 def chunk_tables(rows: Iterable[tuple[int, str, int, str]], start_row: int = 0) -> Iterator[pa.Table]:
@@ -145,19 +183,23 @@ def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
     compiled, entry = job.compiled, job.entry
     examples = read_examples(job.spec, split, job.source)
     plain = isinstance(job.source, SamplesSource)  # JSONL: values are plain Python already
+    bad = BadExamples() if job.settings.bad_examples == "skip" else None
     if split == "train":
-        rows, counts = select_train(compiled, examples, seed=job.settings.seed, cap=job.settings.cap, plain=plain)
+        rows, counts = select_train(compiled, examples, seed=job.settings.seed, cap=job.settings.cap, plain=plain,
+                                    bad=bad)
         tables: Iterator[pa.Table] = chunk_tables(rows)
     else:
         tally = {"read": 0, "filtered": 0}
-        tables = chunk_tables(_eval_rows(compiled, examples, job.settings.seed, tally, plain))
+        tables = chunk_tables(_eval_rows(compiled, examples, job.settings.seed, tally, plain, bad))
     chunks = 0
     for chunk, table in enumerate(tables):
         write_table(entry.fields(split, chunk), table)
         chunks = chunk + 1
     if split != "train":
-        counts = ReadCounts(tally["read"], tally["filtered"], 0, tally["read"] - tally["filtered"])
+        skipped = bad.count if bad is not None else 0
+        counts = ReadCounts(tally["read"], tally["filtered"], 0, tally["read"] - tally["filtered"] - skipped, skipped)
     meta = {"dataset": job.name, "split": split, "counts": counts.as_dict(), "rows": counts.kept,
+            "bad": bad.as_dict() if bad is not None and bad.count else None,
             "chunks": chunks, "chunk_rows": CHUNK_ROWS, "seconds": round(time.perf_counter() - started, 3),
             "cpu_seconds": round(time.process_time() - cpu, 3)}
     write_json(entry.read_meta(split), meta, unique_tmp=True)  # last: its presence means the read is complete
@@ -165,14 +207,16 @@ def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
 
 
 def _eval_rows(compiled: CompiledDataset, examples: Iterable[tuple[str, dict[str, Any]]], seed: int,
-               tally: dict[str, int], plain: bool) -> Iterator[tuple[int, str, int, str]]:
+               tally: dict[str, int], plain: bool, bad: BadExamples | None) -> Iterator[tuple[int, str, int, str]]:
     """Kept eval examples in source order, streamed (an eval split may be large)."""
     kept = 0
     for key, features in examples:
         tally["read"] += 1
-        fields = _encode(compiled, key, features, plain)
+        fields = _encode(compiled, key, features, plain, bad)
         if fields is None:
             tally["filtered"] += 1
+            continue
+        if fields is _BAD:
             continue
         yield kept, key, key_hash(seed, compiled.spec.name, key), fields
         kept += 1
@@ -184,9 +228,8 @@ def fields_of(compiled: CompiledDataset, table: pa.Table) -> list[dict[str, Any]
     for key, text in zip(table.column("key").to_pylist(), table.column("features").to_pylist()):
         try:
             values = compiled.fields_of(json.loads(text), plain=True)
-        except Exception as e:
-            e.add_note(f"dataset={compiled.spec.name} example_key={key}")
-            raise
+        except TemplateError as e:
+            raise e.for_example(key) from None
         if values is None:  # pragma: no cover - expressions are pure, so the filter agrees with the read
             raise AssertionError(f"{compiled.spec.name}: example {key!r} passed the filter when read, not now")
         out.append(values)

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from flanpipe import storage
+from flanpipe.errors import TemplateError
 from flanpipe.fewshot import compose, exemplar_text, pick_exemplars
 from flanpipe.hashing import TEMPLATE, mix64
 from flanpipe.jobs import NUM_TEMPLATES, DatasetJob, RenderSettings
@@ -97,8 +98,11 @@ class Exemplars:
     def _text(self, row: int, template: int) -> tuple[str, int]:
         memo = (row, template)
         if memo not in self._texts:
-            r = self.compiled.render(self.values[row], template, mode=self.mode,  # type: ignore[arg-type]
-                                     options_format=self.settings.options_format)
+            try:
+                r = self.compiled.render(self.values[row], template, mode=self.mode,  # type: ignore[arg-type]
+                                         options_format=self.settings.options_format)
+            except TemplateError as e:
+                raise e.for_example(self.keys[row]) from None
             text = exemplar_text(r.inputs, r.targets, self.fewshot)
             self._texts[memo] = (text, self.count(text))
         return self._texts[memo]
@@ -119,7 +123,10 @@ def render_train(compiled: CompiledDataset, chunk: pa.Table, variant: int, setti
     templates = templates_of(np.asarray(chunk.column("index")), hashes, variant, settings)
     inputs, targets, used, turned = [], [], [], []
     for values, key, h, t in zip(fields_of(compiled, chunk), keys, hashes.tolist(), templates):
-        r = compiled.render(values, t, mode=mode, options_format=settings.options_format)  # type: ignore[arg-type]
+        try:
+            r = compiled.render(values, t, mode=mode, options_format=settings.options_format)  # type: ignore[arg-type]
+        except TemplateError as e:
+            raise e.for_example(key) from None
         if shots is not None:
             r = shots.prefix(r, shots.picks(key, h))
         inputs.append(r.inputs)
@@ -152,7 +159,11 @@ def render_eval(compiled: CompiledDataset, split: str, chunk: pa.Table, settings
     for values, key, h in zip(fields_of(compiled, chunk), keys, hashes):
         picks = shots.picks(key, h) if shots is not None else ()
         for t in templates:
-            r = compiled.render(values, t, mode=mode, options_format=settings.options_format)  # type: ignore[arg-type]
+            try:
+                r = compiled.render(values, t, mode=mode,  # type: ignore[arg-type]
+                                    options_format=settings.options_format)
+            except TemplateError as e:
+                raise e.for_example(key) from None
             if shots is not None:
                 r = shots.prefix(r, picks)
             answer = r.options.index(r.targets) if r.options else -1

@@ -56,3 +56,21 @@ def compile_table(manifest: Mapping[str, Any]) -> Table:
         table.add_row(name, f"{s['examples']:,}", f"{s['rows']:,}", f"{s['tokens']:,}",
                       f"{s['packing_efficiency']:.2%}", f"{s['input_truncated']:,}", f"{s['target_truncated']:,}")
     return table
+
+
+def bad_examples_lines(manifest: Mapping[str, Any]) -> list[str]:
+    """One line per dataset with examples dropped under ``bad_examples: skip``, with the first one dropped."""
+    lines = []
+    for name, info in manifest["datasets"].items():
+        bad = info.get("bad_examples") or {}
+        if not bad:
+            continue
+        reasons: dict[str, int] = {}
+        for split in bad.values():
+            for reason, n in split["reasons"].items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        total = sum(reasons.values())
+        first = next(iter(bad.values()))["first"][0]
+        lines.append(f"skipped {total:,} bad example(s) of {name} ("
+                     + ", ".join(f"{r}: {n:,}" for r, n in sorted(reasons.items())) + f"); first: {first[1]}")
+    return lines

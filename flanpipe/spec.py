@@ -287,6 +287,20 @@ class Output(BaseModel):
     shards: int = Field(gt=0, description="Train shards per split.")
 
 
+class TemplateLimits(BaseModel):
+    """What one render of a template field may cost; exceeding a limit is a template error naming file:line."""
+
+    model_config = _STRICT
+    output_bytes: int = Field(default=1_000_000, gt=0, description=(
+        "Largest rendered field (UTF-8 bytes), and largest string or list (characters, items) any operator, "
+        "filter, method or macro call may produce; text emitted while rendering one field, counting macro and "
+        "block bodies, is limited to 4x this."))
+    steps: int = Field(default=100_000, gt=0, description="Loop iterations plus macro calls per rendered field.")
+    recursion: int = Field(default=20, gt=0, description="Deepest nesting of macro (and recursive loop) calls.")
+    integer_bits: int = Field(default=4096, ge=64, description="Largest integer (in bits) '*' or '**' may produce.")
+    regex_seconds: float = Field(default=1.0, gt=0, description="Longest one regex_replace may run.")
+
+
 class PipelineSpec(BaseModel):
     """What to build: which held-out mixtures, from which source, with which settings."""
 
@@ -324,6 +338,12 @@ class PipelineSpec(BaseModel):
     prompt_tuning_sets: bool = Field(
         description="Also write each held-out dataset's rendered train examples (prompt_tuning/<dataset>.parquet).")
     output: Output
+    bad_examples: Literal["error", "skip"] = Field(default="error", description=(
+        "error: the first example whose fields cannot be computed (missing feature, failing expression, answer "
+        "out of range) stops the compile; skip: such examples are dropped, counted per dataset and reason in the "
+        "manifest and the compile summary. A template that fails on valid fields is an error either way."))
+    template_limits: TemplateLimits = Field(default_factory=TemplateLimits,
+                                            description="Cost limits of rendering one template field.")
 
 
 # --------------------------------------------------------------------------- loading

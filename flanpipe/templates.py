@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,21 +12,14 @@ import jinja2
 import jinja2.runtime
 import numpy as np
 from jinja2 import meta, nodes
-from jinja2.sandbox import SandboxedEnvironment
 
 from flanpipe.errors import TemplateError, did_you_mean
-from flanpipe.spec import DatasetSpec, ExprOptions, FeatureField, OptionsFormat
+from flanpipe.sandbox import ALLOWED_GLOBALS, BoundedEnvironment, LimitExceeded, refusals, template_line
+from flanpipe.spec import DatasetSpec, ExprOptions, FeatureField, OptionsFormat, TemplateLimits
 from flanpipe.yamlio import Located
 
 Mode = Literal["natural", "dataset_name", "none"]
 DEFAULT_OPTIONS_FORMAT = OptionsFormat(header="\n\nOPTIONS:", item="\n- {option}")
-# Globals Jinja adds by default that a data template never needs; removing them shrinks
-# the sandbox's surface (they are plain Python objects with attributes to probe).
-_DROPPED_GLOBALS = ("cycler", "joiner", "namespace", "lipsum", "dict")
-
-
-def _regex_replace(value: str, pattern: str, replacement: str = "") -> str:
-    return re.sub(pattern, replacement, value)
 
 
 def _enumerate_lines(items: Sequence[Any], start: int = 1) -> str:
@@ -35,17 +27,9 @@ def _enumerate_lines(items: Sequence[Any], start: int = 1) -> str:
     return "\n".join(f"{i}. {item}" for i, item in enumerate(items, start))
 
 
-def make_env() -> SandboxedEnvironment:
-    """The one Jinja2 environment every template and expression runs in."""
-    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
-    for name in _DROPPED_GLOBALS:
-        env.globals.pop(name, None)
-    env.filters["regex_replace"] = _regex_replace
-    env.filters["enumerate_lines"] = _enumerate_lines
-    return env
-
-
-_ENV = make_env()
+def make_env(limits: TemplateLimits | None = None) -> BoundedEnvironment:
+    """The Jinja2 environment templates and expressions run in: sandboxed, with ``limits`` on each render."""
+    return BoundedEnvironment(limits or TemplateLimits(), {"enumerate_lines": _enumerate_lines})
 
 
 @dataclass(frozen=True)
@@ -56,9 +40,9 @@ class Substitution:
     parts: tuple[tuple[bool, str], ...]  # (is a variable, the text or the variable's name)
 
     @classmethod
-    def of(cls, source: str) -> Substitution | None:
+    def of(cls, source: str, env: jinja2.Environment) -> Substitution | None:
         """The template as text and variables, or None when it uses anything else (filters, tags, ...)."""
-        body = _ENV.parse(source).body
+        body = env.parse(source).body
         if not body:
             return cls(())
         if len(body) != 1 or not isinstance(body[0], nodes.Output):
@@ -93,10 +77,13 @@ class CompiledDataset:
     """A dataset's expressions and templates, compiled once and checked against its declared fields."""
 
     def __init__(self, spec: DatasetSpec, located: Located | None = None, *, cluster_title: str = "",
-                 check: bool = True):
-        """``check=False`` (workers: the driver already checked the same spec) skips the static checks and
-        compiles each template the first time it renders."""
+                 check: bool = True, limits: TemplateLimits | None = None):
+        """``located``: the dataset file's line marks, so that errors name file:line. ``check=False`` (workers:
+        the driver already checked the same spec) skips the static checks and compiles each template the
+        first time it renders. ``limits``: what one render may cost (the pipeline's ``template_limits``)."""
         self.spec = spec
+        self.limits = limits or TemplateLimits()
+        self.env = make_env(self.limits)
         self.cluster_title = cluster_title
         self._located = located
         self._check = check
@@ -137,14 +124,17 @@ class CompiledDataset:
         return pair
 
     # ----------------------------------------------------------------- static checks
-    def _fail(self, loc: tuple[str | int, ...], message: str, inner_line: int | None = None) -> None:
+    def error(self, loc: tuple[str | int, ...], message: str, inner_line: int | None = None) -> TemplateError:
+        """A TemplateError at ``loc`` of the dataset file (at line ``inner_line`` of the template there)."""
         line = None
         if self._located is not None:
             _, line = self._located.where(loc)
             if inner_line is not None and loc in self._located.text_lines:
                 line = self._located.text_lines[loc] + inner_line - 1
-        field = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
-        raise TemplateError(self._path, line, field, message)
+        return TemplateError(self._path, line, _dotted(loc), message)
+
+    def _fail(self, loc: tuple[str | int, ...], message: str, inner_line: int | None = None) -> None:
+        raise self.error(loc, message, inner_line)
 
     def _parse(self, source: str, known: Sequence[str], loc: tuple[str | int, ...]) -> None:
         try:
@@ -152,13 +142,15 @@ class CompiledDataset:
             # in a later Python: ask for '\\s' in the string instead.
             with warnings.catch_warnings():
                 warnings.simplefilter("error", DeprecationWarning)
-                ast = _ENV.parse(source)
+                ast = self.env.parse(source)
         except DeprecationWarning as e:
             self._fail(loc, f"{e} in a Jinja2 string literal (write a doubled backslash)")
         except jinja2.TemplateSyntaxError as e:
             self._fail(loc, f"Jinja2 syntax error on template line {e.lineno}: {e.message}", e.lineno)
+        for inner, message in refusals(ast):
+            self._fail(loc, message, inner)
         for var in sorted(meta.find_undeclared_variables(ast)):
-            if var not in known:
+            if var not in known and var not in ALLOWED_GLOBALS:
                 inner = next((n.lineno for n in ast.find_all(nodes.Name) if n.name == var), None)
                 self._fail(loc, f"uses undeclared variable {var!r}{did_you_mean(var, known)}; "
                                 f"declared: {', '.join(known) or '(none)'}", inner)
@@ -166,12 +158,12 @@ class CompiledDataset:
     def _expression(self, source: str, known: Sequence[str], loc: tuple[str | int, ...]) -> Any:
         if self._check:
             self._parse("{{ (" + source + ") }}", known, loc)
-        return _ENV.compile_expression(source, undefined_to_none=False)
+        return self.env.compile_expression(source, undefined_to_none=False)
 
     def _template(self, source: str, loc: tuple[str | int, ...]) -> jinja2.Template | Substitution:
         if self._check:
             self._parse(source, self.spec.variables(), loc)
-        return Substitution.of(source) or _ENV.from_string(source)
+        return Substitution.of(source, self.env) or self.env.from_string(source)
 
     def _check_template_set(self) -> None:
         templates = self.spec.templates
@@ -210,7 +202,7 @@ class CompiledDataset:
         values: dict[str, Any] = {}
         # One scope (globals + the fields so far) and one context serve every expression of
         # the example: building a Jinja context costs more than evaluating a short expression.
-        scope = dict(_ENV.globals)
+        scope = dict(self.env.globals)
         context: list[jinja2.runtime.Context] = []
         for name, path, expr in self.fields:
             if path is not None:
@@ -226,8 +218,8 @@ class CompiledDataset:
             options = [str(o) for o in options]
             index = self._evaluate(self.answer_expr, scope, ("answer",), context)
             if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or not 0 <= index < len(options):
-                raise TemplateError(self._path, None, "answer",
-                                    f"evaluated to {index!r}, expected an option index in 0..{len(options) - 1}")
+                raise self.error(("answer",), f"evaluated to {index!r}, expected an option index in "
+                                              f"0..{len(options) - 1}")
             values["options"] = options
             values["answer"] = options[int(index)]
         return values
@@ -236,17 +228,28 @@ class CompiledDataset:
                   context: list[jinja2.runtime.Context]) -> Any:
         """What TemplateExpression.__call__ does, on a context shared by the example's expressions (``context``
         holds it once made): an expression only sets ``result``, which is taken out again."""
+        template = expr._template
         try:
-            template = expr._template
             if not context:
                 context.append(_context(template, scope))
             for _ in template.root_render_func(context[0]):
                 pass
             return context[0].vars.pop("result")
-        except jinja2.exceptions.SecurityError as e:
-            raise TemplateError(self._path, None, ".".join(map(str, loc)), f"refused by the sandbox: {e}") from None
-        except Exception as e:  # user expressions may fail in any way; name where
-            raise TemplateError(self._path, None, ".".join(map(str, loc)), f"{type(e).__name__}: {e}") from None
+        except Exception as e:  # user expressions may fail in any way; name where and why
+            raise self._render_error(e, loc) from None
+
+    def _render_error(self, e: Exception, loc: tuple[str | int, ...]) -> TemplateError:
+        """What went wrong in a render, at the template line where it did (from the traceback)."""
+        inner = template_line(e.__traceback__)
+        if isinstance(e, LimitExceeded):
+            return self.error(loc, str(e), inner)
+        if isinstance(e, jinja2.exceptions.SecurityError):
+            return self.error(loc, f"refused by the sandbox: {e}", inner)
+        if isinstance(e, jinja2.UndefinedError):
+            return self.error(loc, f"undefined value: {e.message}", inner)
+        if isinstance(e, RecursionError):
+            return self.error(loc, "recursion too deep", inner)
+        return self.error(loc, f"{type(e).__name__}: {e}", inner)
 
     def render(
         self,
@@ -261,7 +264,7 @@ class CompiledDataset:
         if mode == "natural":
             spec_t = self.spec.templates[template]
             source_in, source_out = self._pair(template)
-            scope = {**_ENV.globals, **values}  # one context dict for both templates (see _run)
+            scope = {**self.env.globals, **values}  # one context dict for both templates (see _run)
             inputs = self._run(source_in, scope, ("templates", template, "input"))
             targets = self._run(source_out, scope, ("templates", template, "target"))
             if spec_t.turned:
@@ -275,20 +278,23 @@ class CompiledDataset:
         return Rendered(inputs, targets, options, template, False)
 
     def _run(self, template: jinja2.Template | Substitution, scope: dict[str, Any], loc: tuple[str | int, ...]) -> str:
-        if isinstance(template, Substitution):
-            try:
-                return template.render(scope).strip()
-            except KeyError as e:
-                raise TemplateError(self._path, None, _dotted(loc), f"undefined value: {e} is undefined") from None
-        # Template.render(**values) rebuilds a context from the globals on every call, about
-        # half of a short template's cost; a shared context over globals + values renders the same.
         try:
-            return template.environment.concat(  # type: ignore[attr-defined]
-                template.root_render_func(_context(template, scope))).strip()
-        except jinja2.exceptions.SecurityError as e:
-            raise TemplateError(self._path, None, _dotted(loc), f"refused by the sandbox: {e}") from None
-        except jinja2.UndefinedError as e:
-            raise TemplateError(self._path, None, _dotted(loc), f"undefined value: {e.message}") from None
+            if isinstance(template, Substitution):
+                text = template.render(scope).strip()
+            else:
+                # Template.render(**values) rebuilds a context from the globals on every call, about half of a
+                # short template's cost; a shared context over globals + values renders the same.
+                text = template.environment.concat(  # type: ignore[attr-defined]
+                    template.root_render_func(_context(template, scope))).strip()
+        except KeyError as e:  # a Substitution's variable
+            raise self.error(loc, f"undefined value: {e} is undefined") from None
+        except Exception as e:  # templates may fail in any way; name where and why
+            raise self._render_error(e, loc) from None
+        limit = self.limits.output_bytes
+        if len(text) * 4 > limit and len(text.encode("utf-8")) > limit:  # UTF-8 is at most 4 bytes a character
+            raise self.error(loc, f"rendered to {len(text.encode('utf-8')):,} bytes: exceeds "
+                                  f"template_limits.output_bytes = {limit:,}")
+        return text
 
 
 def _context(template: jinja2.Template, scope: dict[str, Any]) -> jinja2.runtime.Context:
@@ -319,9 +325,9 @@ def _lookup(features: Mapping[str, Any], path: list[str], owner: CompiledDataset
         if not isinstance(node, Mapping) or part not in node:
             have = sorted(node) if isinstance(node, Mapping) else []
             where = "/".join(path[:i]) or "the example"
-            raise TemplateError(owner._path, None, f"fields.{field}",
-                                f"feature {'/'.join(path)!r} not found: {where} has no {part!r}"
-                                f"{did_you_mean(part, have)}; available: {', '.join(have) or '(none)'}")
+            raise owner.error(("fields", field),
+                              f"feature {'/'.join(path)!r} not found: {where} has no {part!r}"
+                              f"{did_you_mean(part, have)}; available: {', '.join(have) or '(none)'}")
         node = node[part]
     return node if plain else to_python(node)
 

@@ -33,6 +33,10 @@ class Located:
             loc = loc[:-1]
         return self.lines.get((), (self.path, None))
 
+    def marks(self) -> Located:
+        """The file's line marks without its data: what a worker needs to name file:line in an error."""
+        return Located(None, self.path, self.lines, self.text_lines)
+
 
 # libyaml's parser when PyYAML was built with it (about 6x faster); node marks are the same.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -33,7 +33,7 @@ def test_the_cap_keeps_the_same_examples_whatever_the_source_order(world):
     again, _ = select_train(compiled, shuffled, seed=3, cap=50)
     assert {r[1] for r in rows} == {r[1] for r in again} and len(rows) == 50
     assert [r[1] for r in rows] == [r[1] for r in again]  # the mix order does not depend on arrival either
-    assert counts.as_dict() == {"read": 500, "filtered": 0, "capped": 450, "kept": 50}
+    assert counts.as_dict() == {"read": 500, "filtered": 0, "capped": 450, "kept": 50, "bad": 0}
     other, _ = select_train(compiled, _examples(500), seed=4, cap=50)
     assert {r[1] for r in other} != {r[1] for r in rows}
 
@@ -69,3 +69,59 @@ def test_read_split_stores_chunks_whose_features_give_the_fields_back(world):
         assert values == job.compiled.fields_of(by_key[key])
     evals = read.read_split(job, "test")
     assert evals["rows"] == 10 and read.load_chunk(job, "test", 0).column("index").to_pylist() == list(range(10))
+
+
+def _break_rte(root, split: str, row: int, change: dict) -> None:
+    path = root / "samples" / "rte" / f"{split}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[row].update(change)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_skipped_bad_examples_are_counted_per_dataset_and_reason(tmp_path):
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from compile_fixtures import compile_world
+    from flanpipe.cli import app
+
+    make_world(tmp_path, pipeline_extra="bad_examples: skip\n")
+    _break_rte(tmp_path, "test", 6, {"label": -1})
+    _break_rte(tmp_path, "train", 3, {"label": 7})
+    path = tmp_path / "samples" / "rte" / "train.jsonl"
+    lines = path.read_text().splitlines()
+    lines[5] = json.dumps({"hypothesis": "no premise here", "label": 0, "idx": 5})
+    path.write_text("\n".join(lines) + "\n")
+
+    result = compile_world(tmp_path)
+    rte = result.manifest["datasets"]["rte"]
+    assert rte["read"]["train"]["bad"] == 2 and rte["read"]["train"]["kept"] == 38
+    assert rte["read"]["test"]["bad"] == 1 and rte["read"]["test"]["kept"] == 9
+    assert rte["bad_examples"]["train"]["reasons"] == {"answer": 1, "fields.premise": 1}
+    assert [k for k, _ in rte["bad_examples"]["train"]["first"]] == ["train:3", "train:5"]
+    assert "expected an option index in 0..1" in rte["bad_examples"]["test"]["first"][0][1]
+    assert result.manifest["datasets"]["senti"]["bad_examples"] == {}
+    evals = pq.read_table(tmp_path / "out" / "natural_language_inference" / "eval" / "rte.parquet")
+    keys = set(evals.column("example_key").to_pylist())
+    assert "test:6" not in keys and "test:5" in keys
+    used = set()
+    for part in (tmp_path / "out").glob("*/examples/*.parquet"):
+        table = pq.read_table(part).to_pydict()
+        used |= {k for d, k in zip(table["dataset"], table["example_key"]) if d == "rte"}
+    assert used and not {"train:3", "train:5"} & used
+
+    cli = CliRunner().invoke(app, ["compile", str(tmp_path / "pipeline.yaml"), "--out", str(tmp_path / "o2"),
+                                   "--templates", str(tmp_path / "templates"), "--cache-dir",
+                                   str(tmp_path / "cache"), "--quiet"])
+    assert cli.exit_code == 0, cli.output
+    assert "skipped 3 bad example(s) of rte (answer: 2, fields.premise: 1); first: " in cli.output
+
+
+def test_bad_examples_error_is_the_default_and_stops_the_read(tmp_path):
+    from compile_fixtures import compile_world
+    from flanpipe.errors import TemplateError
+
+    make_world(tmp_path)
+    _break_rte(tmp_path, "train", 3, {"label": 7})
+    with pytest.raises(TemplateError, match=r"rte.yaml:\d+: answer: example 'train:3': evaluated to 7"):
+        compile_world(tmp_path)

@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from flanpipe import storage
+from flanpipe.beam.failures import reported
 from flanpipe.files import read_json, write_json
 from flanpipe.jobs import JobContext
 from flanpipe.mixing import Mixture, plan_mixture, variants_needed
@@ -37,7 +38,8 @@ class Read(beam.DoFn):
         dataset, split = element
         job = self.ctx.datasets[dataset]
         done = job.entry.read_meta(split)
-        meta = read_json(done) if storage.exists(done) else read_split(job, split)
+        with reported(self.ctx.out_dir, "Read"):
+            meta = read_json(done) if storage.exists(done) else read_split(job, split)
         self.examples.inc(meta["counts"]["read"])
         for chunk in range(meta["chunks"]):
             yield dataset, split, chunk, 0
@@ -52,7 +54,8 @@ class Render(beam.DoFn):
 
     def process(self, unit: Unit) -> Iterator[dict[str, Any]]:
         dataset, split, chunk, variant = unit
-        stats = render_unit(self.ctx.datasets[dataset], split, chunk, variant)
+        with reported(self.ctx.out_dir, "Render"):
+            stats = render_unit(self.ctx.datasets[dataset], split, chunk, variant)
         self.rows.inc(stats["rows"])
         yield stats
 
@@ -80,7 +83,8 @@ class Allocate(beam.DoFn):
         self.ctx = ctx
 
     def process(self, _: Any, stats: dict[str, DatasetStats]) -> Iterator[dict[str, Mixture]]:
-        result = mixtures(self.ctx, stats)
+        with reported(self.ctx.out_dir, "Mix"):
+            result = mixtures(self.ctx, stats)
         write_json(storage.join(self.ctx.out_dir, MIXTURES_FILE),
                    {name: {"rates": m.rates, "uses": m.uses} for name, m in result.items()})
         yield result
@@ -113,7 +117,8 @@ class PackAndWrite(beam.DoFn):
                 repeats: list[dict[str, Any]]) -> Iterator[str]:
         del repeats  # a side input only so that every repeated variant is rendered first
         name, shard = element
-        result = write_shard(self.ctx, self.ctx.mixture(name), shard, mixes[name], stats, self.cache)
+        with reported(self.ctx.out_dir, "PackAndWrite"):
+            result = write_shard(self.ctx, self.ctx.mixture(name), shard, mixes[name], stats, self.cache)
         self.rows.inc(result["rows"])
         yield f"{name}/{shard}"
 
@@ -133,7 +138,8 @@ class WriteEval(beam.DoFn):
         for s in rendered:
             if s["dataset"] == dataset:
                 chunks[s["split"]] = max(chunks.get(s["split"], 0), s["chunk"] + 1)
-        write_eval(self.ctx, split, self.ctx.datasets[dataset], chunks)
+        with reported(self.ctx.out_dir, "WriteEval"):
+            write_eval(self.ctx, split, self.ctx.datasets[dataset], chunks)
         yield f"{split}/eval/{dataset}"
 
 
