@@ -77,7 +77,8 @@ def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, 
             spec_sha256=sha256_file(plan.collection.paths[name]), source=plan.pipeline.source,
             source_fingerprint=source_fingerprint(spec, plan.pipeline.source), settings=settings,
             tokenizer=tokenizer, cache_dir=storage.resolve(cache_dir),
-            eval_splits=("validation", "test") if name in evaluated else (), trained=name in trained,
+            eval_splits=("validation", "test") if name in evaluated else (),
+            trained=name in trained or (plan.pipeline.prompt_tuning_sets and name in evaluated),
             marks=plan.collection.marks[name])
     return jobs
 

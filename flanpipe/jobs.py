@@ -70,7 +70,7 @@ class DatasetJob:
     tokenizer: Tokenizer = field(repr=False)
     cache_dir: str
     eval_splits: tuple[str, ...]  # validation/test when the dataset is evaluated somewhere
-    trained: bool  # some split trains on it
+    trained: bool  # its train split is read: some split trains on it, or it gets a prompt-tuning set
     marks: Located | None = field(default=None, repr=False)  # the dataset file's line marks, for file:line errors
 
     @functools.cached_property

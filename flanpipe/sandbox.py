@@ -19,12 +19,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jinja2
-import regex
 from jinja2 import nodes
 from jinja2.filters import make_attrgetter
 from jinja2.runtime import Context, LoopContext, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError, safe_range
 from jinja2.visitor import NodeTransformer
+
+try:  # the stdlib's own parser of regular expressions (3.11+; sre_parse before)
+    from re import _constants as _re_constants, _parser as _re_parser  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+    import sre_constants as _re_constants  # type: ignore[no-redef]
+    import sre_parse as _re_parser  # type: ignore[no-redef]
 
 from flanpipe.errors import did_you_mean
 from flanpipe.spec import TemplateLimits
@@ -50,7 +55,9 @@ _REFUSED_ATTRIBUTES = ("format", "format_map")  # str.format can pad to any widt
 _LOOP, _EMIT, _CONCAT = "flanpipe_bounded_loop", "flanpipe_bounded_emit", "flanpipe_bounded_concat"
 _INTERNAL = (_LOOP, _EMIT, _CONCAT)
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?[hlL]?[a-zA-Z%]")
-_GROUP_REFERENCE = regex.compile(r"\\(?:\d+|g<[^>]*>)")
+_GROUP_REFERENCE = re.compile(r"\\(?:\d+|g<[^>]*>)")
+_REPEATS = {_re_constants.MAX_REPEAT, _re_constants.MIN_REPEAT, _re_constants.POSSESSIVE_REPEAT}
+_GROUP_REFS = {_re_constants.GROUPREF, _re_constants.GROUPREF_EXISTS}
 
 
 class LimitExceeded(Exception):
@@ -81,9 +88,58 @@ def refusals(ast: nodes.Template, known_filters: Iterable[str] = ALLOWED_FILTERS
         elif isinstance(node, nodes.Filter) and node.name not in known_filters:
             found.append((node.lineno, f"filter {node.name!r} is not allowed{did_you_mean(node.name, known_filters)}; "
                                        f"allowed: {', '.join(sorted(known_filters))}"))
+        elif isinstance(node, nodes.Filter) and node.name in ("regex_replace", "map"):
+            args = node.args[1:] if node.name == "map" else node.args
+            if node.name == "map" and not (node.args and isinstance(node.args[0], nodes.Const)
+                                           and node.args[0].value == "regex_replace"):
+                continue
+            if not args or not isinstance(args[0], nodes.Const) or not isinstance(args[0].value, str):
+                found.append((node.lineno, "regex_replace: the pattern must be a string literal"))
+            elif (why := regex_refusal(args[0].value)) is not None:
+                found.append((node.lineno, f"regex_replace pattern {args[0].value!r}: {why}"))
         elif isinstance(node, nodes.Test) and node.name not in ALLOWED_TESTS:
             found.append((node.lineno, f"test {node.name!r} is not allowed{did_you_mean(node.name, ALLOWED_TESTS)}"))
     return sorted(found, key=lambda f: f[0])
+
+
+def regex_refusal(pattern: str) -> str | None:
+    """Why ``pattern`` may not be used by regex_replace, or None.
+
+    Python's regex engine backtracks; what makes that exponential is a quantifier over something
+    that itself repeats or has alternatives (``(a+)+``, ``(a|ab)*``, ``(a?)*``) and backreferences.
+    Those are refused; everything else costs at most a polynomial of the (bounded) text.
+    """
+    try:
+        parsed = _re_parser.parse(pattern)
+    except re.error as e:
+        return f"not a valid regular expression ({e})"
+    return _regex_items(list(parsed), False)
+
+
+def _regex_items(items: list[tuple[Any, Any]], repeated: bool) -> str | None:
+    for op, av in items:
+        found = None
+        if op in _REPEATS:
+            _, most, body = av
+            if repeated:
+                return "a quantifier inside a repeated group can backtrack exponentially; write it without nesting"
+            found = _regex_items(list(body), most > 1)
+        elif op is _re_constants.BRANCH:
+            if repeated:
+                return "alternatives inside a repeated group can backtrack exponentially; use a character class"
+            for branch in av[1]:
+                found = found or _regex_items(list(branch), repeated)
+        elif op is _re_constants.SUBPATTERN:
+            found = _regex_items(list(av[-1]), repeated)
+        elif op in (_re_constants.ASSERT, _re_constants.ASSERT_NOT):
+            found = _regex_items(list(av[1]), repeated)
+        elif op is _re_constants.ATOMIC_GROUP:
+            found = _regex_items(list(av), repeated)
+        elif op in _GROUP_REFS:
+            return "backreferences are not allowed"
+        if found:
+            return found
+    return None
 
 
 # ------------------------------------------------------------------------ sizes
@@ -129,6 +185,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     def __init__(self, limits: TemplateLimits, extra_filters: dict[str, Callable[..., Any]] | None = None):
         super().__init__(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
         self.limits = limits
+        self._safe_patterns: set[str] = set()
         self.globals.clear()
         self.globals["range"] = safe_range
         # The bounding transform's calls; not re-checked by ``call`` (they check themselves).
@@ -234,30 +291,34 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         return "".join(texts)
 
     def _regex_replace(self, value: Any, pattern: str, replacement: str = "") -> str:
-        """``value`` with every match of ``pattern`` replaced (Python regex syntax), within the limits."""
+        """``value`` with every match of ``pattern`` replaced (Python ``re`` syntax), within the limits."""
+        if pattern not in self._safe_patterns:  # a pattern computed at run time: checked as validate would
+            why = regex_refusal(pattern) if isinstance(pattern, str) else "the pattern must be a string"
+            if why is not None:
+                raise SecurityError(f"regex_replace pattern {pattern!r}: {why}")
+            self._safe_patterns.add(pattern)
         text, limits = str(value), self.limits
         refs = len(_GROUP_REFERENCE.findall(replacement))
-        worst = len(text) + (len(text) + 1) * (len(replacement) + refs * len(text))
-        try:
-            if worst > limits.output_bytes:  # count the matches to bound the result before building it
-                count = matched = 0
-                for m in regex.finditer(pattern, text, timeout=limits.regex_seconds):
-                    count, matched = count + 1, matched + m.end() - m.start()
-                _check(len(text) - matched + count * len(replacement) + refs * matched, limits, "regex_replace")
-            return regex.sub(pattern, replacement, text, timeout=limits.regex_seconds)
-        except TimeoutError:
-            raise LimitExceeded("regex_seconds", limits.regex_seconds,
-                                f"regex_replace({pattern!r}) ran too long") from None
+        # Matches do not overlap, so group references expand to at most the text's length each, in all.
+        worst = len(text) * (1 + refs) + (len(text) + 1) * len(replacement)
+        if worst > limits.output_bytes:  # count the matches to bound the result before building it
+            count = matched = 0
+            for m in re.finditer(pattern, text):
+                count, matched = count + 1, matched + m.end() - m.start()
+            _check(len(text) - matched + count * len(replacement) + refs * matched, limits, "regex_replace")
+        return re.sub(pattern, replacement, text)
 
     def _bounded_filter(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         offset = 1 if hasattr(fn, "jinja_pass_arg") else 0  # the environment/context comes first
-        limits = self.limits
+        limits, most = self.limits, self.limits.output_bytes
+        prechecked = name in _PRECHECKED_FILTERS
 
         @functools.wraps(fn)
         def bounded(*args: Any, **kwargs: Any) -> Any:
-            args = _precheck_filter(name, args, offset, kwargs, self, limits)
+            if prechecked:
+                args = _precheck_filter(name, args, offset, kwargs, self, limits)
             result = fn(*args, **kwargs)
-            if isinstance(result, (str, list, tuple, dict)):
+            if isinstance(result, (str, list, tuple, dict)) and len(result) > most:
                 _check(len(result), limits, f"the result of the {name!r} filter")
             return result
 
@@ -306,6 +367,7 @@ def _precheck_filter(name: str, args: tuple[Any, ...], offset: int, kwargs: dict
 
 
 _WIDTH_METHODS = ("ljust", "rjust", "center", "zfill")
+_PRECHECKED_FILTERS = frozenset({"replace", "join", "batch", "slice", "sum"})
 
 
 def _precheck_method(obj: Any, args: tuple[Any, ...], limits: TemplateLimits) -> tuple[Any, ...]:
@@ -329,8 +391,27 @@ def _precheck_method(obj: Any, args: tuple[Any, ...], limits: TemplateLimits) ->
     return args
 
 
+_BUFFERED = (nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock)
+
+
 class _Bound(NodeTransformer):
-    """Route every loop, every emitted piece of text and every '~' through the budget's counters."""
+    """Route every loop, every '~' and the text emitted into a buffer through the budget's counters.
+
+    Text a template emits at its top level (loops included) goes straight to the caller, which counts
+    it as it arrives (``bounded_concat``); text emitted inside a macro, a call or filter block or a
+    ``{% set %}`` block is joined by Jinja into one string first, so it is counted as it is emitted.
+    """
+
+    def __init__(self) -> None:
+        self.buffered = 0
+
+    def generic_visit(self, node: nodes.Node, *args: Any, **kwargs: Any) -> nodes.Node:
+        inside = isinstance(node, _BUFFERED)
+        self.buffered += inside
+        try:
+            return super().generic_visit(node, *args, **kwargs)
+        finally:
+            self.buffered -= inside
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
@@ -339,8 +420,10 @@ class _Bound(NodeTransformer):
 
     def visit_Output(self, node: nodes.Output) -> nodes.Node:
         self.generic_visit(node)
-        node.nodes = [_internal(_EMIT, [nodes.Const(n.data, lineno=n.lineno) if isinstance(n, nodes.TemplateData)
-                                        else n], n.lineno) for n in node.nodes]
+        if self.buffered:
+            node.nodes = [_internal(_EMIT, [nodes.Const(n.data, lineno=n.lineno)
+                                            if isinstance(n, nodes.TemplateData) else n], n.lineno)
+                          for n in node.nodes]
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
@@ -350,6 +433,18 @@ class _Bound(NodeTransformer):
 
 def _internal(name: str, args: list[nodes.Expr], lineno: int) -> nodes.Call:
     return nodes.Call(nodes.Name(name, "load", lineno=lineno), args, [], None, None, lineno=lineno)
+
+
+def bounded_concat(pieces: Iterable[str], limits: TemplateLimits) -> str:
+    """A template's top-level output joined, counting it as it arrives (see ``_Bound``)."""
+    parts, total, limit = [], 0, limits.output_bytes * EMITTED_FACTOR
+    for piece in pieces:
+        total += len(piece)
+        if total > limit:
+            raise LimitExceeded("output_bytes", limits.output_bytes,
+                                f"text emitted while rendering ({total:,} characters, over {EMITTED_FACTOR}x the limit)")
+        parts.append(piece)
+    return "".join(parts)
 
 
 def template_line(tb: Any) -> int | None:

@@ -298,7 +298,6 @@ class TemplateLimits(BaseModel):
     steps: int = Field(default=100_000, gt=0, description="Loop iterations plus macro calls per rendered field.")
     recursion: int = Field(default=20, gt=0, description="Deepest nesting of macro (and recursive loop) calls.")
     integer_bits: int = Field(default=4096, ge=64, description="Largest integer (in bits) '*' or '**' may produce.")
-    regex_seconds: float = Field(default=1.0, gt=0, description="Longest one regex_replace may run.")
 
 
 class PipelineSpec(BaseModel):

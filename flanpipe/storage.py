@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import posixpath
 from typing import IO, Any
 
@@ -104,10 +105,22 @@ def rename(src: str, dst: str) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        return
-    if fs.exists(dst_path):
-        fs.rm(dst_path)
-    fs.mv(src_path, dst_path)
+    else:
+        if fs.exists(dst_path):
+            fs.rm(dst_path)
+        fs.mv(src_path, dst_path)
+    _kill_point(dst)
+
+
+KILL_AFTER = "FLANPIPE_TEST_KILL_AFTER"
+
+
+def _kill_point(committed: str) -> None:
+    """Test hook: with FLANPIPE_TEST_KILL_AFTER=<text> set, the first commit of a file whose path contains <text>
+    SIGKILLs the whole process group (the compile's driver and workers, when it runs in a session of its own)."""
+    point = os.environ.get(KILL_AFTER)
+    if point and point in committed:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def upload(local_path: str, url: str) -> None:

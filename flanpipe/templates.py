@@ -14,7 +14,8 @@ import numpy as np
 from jinja2 import meta, nodes
 
 from flanpipe.errors import TemplateError, did_you_mean
-from flanpipe.sandbox import ALLOWED_GLOBALS, BoundedEnvironment, LimitExceeded, refusals, template_line
+from flanpipe.sandbox import (ALLOWED_GLOBALS, BoundedEnvironment, LimitExceeded, bounded_concat, refusals,
+                              template_line)
 from flanpipe.spec import DatasetSpec, ExprOptions, FeatureField, OptionsFormat, TemplateLimits
 from flanpipe.yamlio import Located
 
@@ -284,8 +285,7 @@ class CompiledDataset:
             else:
                 # Template.render(**values) rebuilds a context from the globals on every call, about half of a
                 # short template's cost; a shared context over globals + values renders the same.
-                text = template.environment.concat(  # type: ignore[attr-defined]
-                    template.root_render_func(_context(template, scope))).strip()
+                text = bounded_concat(template.root_render_func(_context(template, scope)), self.limits).strip()
         except KeyError as e:  # a Substitution's variable
             raise self.error(loc, f"undefined value: {e} is undefined") from None
         except Exception as e:  # templates may fail in any way; name where and why

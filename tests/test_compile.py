@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import grain
@@ -159,36 +154,6 @@ def test_bad_inputs_fail_before_the_job(world, tmp_path):
         run_compile(other, CompileOptions(out=world / "out", templates=world / "templates"))
     with pytest.raises(SpecError, match="--split: unknown split 'nli'"):
         run_compile(pipe, CompileOptions(out=tmp_path / "o3", templates=world / "templates", splits=("nli",)))
-
-
-KILL_SCRIPT = """
-import sys
-from pathlib import Path
-from flanpipe.compiler import CompileOptions, run_compile
-root = Path(sys.argv[1])
-run_compile(root / "pipeline.yaml", CompileOptions(out=root / sys.argv[2], cache_dir=root / sys.argv[3],
-            templates=root / "templates"))
-"""
-
-
-def test_sigkill_midway_leaves_nothing_that_verifies_and_rerun_matches(tmp_path):
-    make_world(tmp_path, train=3000, pipeline_extra="")
-    pipe = tmp_path / "pipeline.yaml"
-    pipe.write_text(pipe.read_text().replace("mixture_size: {examples: 100}", "mixture_size: {examples: 6000}"))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), "killed", "cache-k"], env=env)
-    deadline = time.time() + 120
-    while not (tmp_path / "killed" / ".in_progress.json").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "manifest.json").exists(), "compile finished before the kill: inconclusive"
-    assert verify_output(tmp_path / "killed") != []
-    subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), "killed", "cache-k"], env=env, check=True)
-    subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), "clean", "cache-c"], env=env, check=True)
-    assert verify_output(tmp_path / "killed") == []
-    assert _files(tmp_path / "killed") == _files(tmp_path / "clean")
 
 
 FEWSHOT = """

@@ -122,6 +122,12 @@ def test_legitimate_templates_render_as_in_jinjas_own_sandbox():
     ("{{ answer|upperr }}", "did you mean 'upper'"),
     ("{% if answer is callable %}x{% endif %}", "test 'callable' is not allowed"),
     ("{{ lipsum() }}", "undeclared variable 'lipsum'"),
+    ('{{ premise|regex_replace("(a+)+$", "") }}', "a quantifier inside a repeated group"),
+    ('{{ premise|regex_replace("(a|ab)*c", "") }}', "alternatives inside a repeated group"),
+    ('{{ premise|regex_replace("(a)\\\\1", "") }}', "backreferences are not allowed"),
+    ('{{ premise|regex_replace("[", "") }}', "not a valid regular expression"),
+    ('{{ premise|regex_replace(hypothesis, "") }}', "the pattern must be a string literal"),
+    ('{{ [premise]|map("regex_replace", "(x*)*y")|list }}', "a quantifier inside a repeated group"),
     ("{{ cycler(1, 2) }}", "undeclared variable 'cycler'"),
 ])
 def test_refused_constructs_fail_validation_with_file_and_line(tmp_path, target, message):
@@ -131,6 +137,19 @@ def test_refused_constructs_fail_validation_with_file_and_line(tmp_path, target,
     line = RTE.read_text()[:RTE.read_text().index(TARGET)].count("\n") + 1
     assert text.startswith(f"{tmp_path / 'rte.yaml'}:{line}: templates[0].target: "), text
     assert message in text
+
+
+def test_the_collections_regex_patterns_are_accepted_and_a_computed_pattern_is_checked_at_run_time():
+    from flanpipe.sandbox import regex_refusal
+
+    for ok in (r"\s+", r"[^\w\s]", r" +([,.;:!?])", r"\[[^\]]*\] ?", r"\s*<br\s*/?>\s*", r"^b''(.*)",
+               r"\s*CANNOTANSWER\s*$", r"(?:ab)+", r"(a?b)?"):
+        assert regex_refusal(ok) is None, ok
+    env = make_env()
+    template = env.from_string("{{ text|regex_replace(pattern, '') }}")
+    assert template.render(text="a  b", pattern=r"\s+") == "ab"
+    with pytest.raises(Exception, match="a quantifier inside a repeated group"):
+        template.render(text="a" * 40 + "b", pattern="(a+)+$")
 
 
 def test_refusals_report_every_construct_with_its_line():

@@ -15,6 +15,7 @@ from apache_beam.metrics import Metrics
 
 from flanpipe import storage
 from flanpipe.beam.failures import reported
+from flanpipe.errors import CompileError
 from flanpipe.files import read_json, write_json
 from flanpipe.jobs import JobContext
 from flanpipe.mixing import Mixture, plan_mixture, variants_needed
@@ -71,6 +72,9 @@ def mixtures(ctx: JobContext, stats: dict[str, DatasetStats]) -> dict[str, Mixtu
     out = {}
     for m in ctx.mixtures:
         kept = {d: stats[d].kept for d in m.train if d in stats and stats[d].kept}
+        if not kept:
+            raise CompileError(f"split {m.name!r}: none of its train datasets ({', '.join(m.train)}) kept any "
+                               f"example (all filtered, skipped or empty)")
         out[m.name] = plan_mixture(kept, {d: stats[d].mean_tokens for d in kept}, maximum_rate=ctx.maximum_rate,
                                    examples=ctx.mixture_examples, tokens=ctx.mixture_tokens)
     return out
@@ -127,7 +131,8 @@ class PackAndWrite(beam.DoFn):
 
 
 class WriteEval(beam.DoFn):
-    """(split, dataset) -> eval/<dataset>.parquet of that split, after its eval chunks are rendered."""
+    """(split, dataset) -> eval/<dataset>.parquet of that split (and its prompt-tuning set), once its chunks are
+    rendered."""
 
     def __init__(self, ctx: JobContext):
         self.ctx = ctx
@@ -154,7 +159,6 @@ def build(p: beam.Pipeline, ctx: JobContext) -> None:
              | "Read" >> beam.ParDo(Read(ctx)) | "ShuffleChunks" >> beam.Reshuffle()
              | "Render" >> beam.ParDo(Render(ctx)))
     train = first | "TrainChunks" >> beam.Filter(_is_train)
-    evals = first | "EvalChunks" >> beam.Filter(lambda s: not _is_train(s))
     stats = (train | "ByDataset" >> beam.Map(lambda s: (s["dataset"], s)) | "GroupChunks" >> beam.GroupByKey()
              | "DatasetStats" >> beam.Map(_dataset_stats))
     stats_dict = beam.pvalue.AsDict(stats)
@@ -167,7 +171,7 @@ def build(p: beam.Pipeline, ctx: JobContext) -> None:
                | "PackAndWrite" >> beam.ParDo(PackAndWrite(ctx), mixes=mixes_one, stats=stats_dict,
                                               repeats=beam.pvalue.AsList(repeats)))
     eval_sets = (p | "EvalSets" >> beam.Create([(s.name, d) for s in ctx.splits for d in s.eval])
-                 | "WriteEval" >> beam.ParDo(WriteEval(ctx), rendered=beam.pvalue.AsList(evals)))
+                 | "WriteEval" >> beam.ParDo(WriteEval(ctx), rendered=beam.pvalue.AsList(first)))
     # One final transform downstream of every write: Beam 2.77's DaskRunner computes only the
     # graph's last transform (DaskRunner.run_pipeline), so a branch not feeding it never runs.
     _ = (written, eval_sets) | "AllWritten" >> beam.Flatten() | "Done" >> beam.combiners.Count.Globally()
