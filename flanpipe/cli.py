@@ -16,12 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flanpipe import preview, validate as validation
 from flanpipe.audit import AuditSettings, audit_table, run_audit
-from flanpipe.collection import TEMPLATES_DIR
+from flanpipe.collection import TEMPLATES_DIR, load_collection
 from flanpipe.errors import CompileError
 from flanpipe.compiler import DEFAULT_CACHE, CompileOptions, describe_compile, run_compile
 from flanpipe.plan import load_plan
 from flanpipe.progress import Snapshot
-from flanpipe.report import bad_examples_lines, compile_table, plan_table, rates_table
+from flanpipe.report import bad_examples_lines, compile_table, plan_table, rates_table, sources_table
+from flanpipe.sources import availability, prepare_script
 from flanpipe.verify import verify_output
 from flanpipe.spec import write_schemas
 from flanpipe.files import sha256_file
@@ -99,10 +100,13 @@ def render(
     n: Annotated[int, typer.Option("--n", help="Examples to show.")] = 5,
     split: Annotated[str, typer.Option("--split", help="train, validation or test.")] = "train",
     mode: Annotated[str, typer.Option("--mode", help="natural, dataset_name or none.")] = "natural",
+    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, taxonomy, "
+                                            "samples/).")] = TEMPLATES_DIR,
 ) -> None:
-    """Pretty-print rendered inputs and targets from the bundled samples."""
+    """Pretty-print rendered inputs and targets from the collection's samples."""
     try:
-        rows = preview.render_samples(dataset, template=template, n=n, split=split, mode=mode)
+        rows = preview.render_samples(dataset, template=template, n=n, split=split, mode=mode,
+                                      collection=load_collection(templates))
     except CompileError as e:
         _fail(e)
     for row in rows:
@@ -119,16 +123,49 @@ def plan(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
     split: Annotated[Optional[list[str]], typer.Option("--split", help="Only these splits.")] = None,
     rates: Annotated[bool, typer.Option("--rates", help="Also list every dataset's mixing rate.")] = False,
+    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, taxonomy, "
+                                            "samples/).")] = TEMPLATES_DIR,
 ) -> None:
     """Show what a pipeline builds: each held-out split, clusters removed, datasets kept, counts, rates."""
     try:
-        p = load_plan(pipeline, only=split)
+        p = load_plan(pipeline, only=split, templates=templates, require_data=False)
     except CompileError as e:
         _fail(e)
     console.print(plan_table(p))
+    unknown = sorted(d for d, n in p.counts.items() if n is None)
+    if unknown:
+        err_console.print(f"[yellow]note:[/] {len(unknown)} dataset(s) not prepared, counts and rates unknown: "
+                          f"{', '.join(unknown[:8])}{', ...' if len(unknown) > 8 else ''}; "
+                          f"`flanpipe sources {pipeline}` says how to prepare them", highlight=False, soft_wrap=True)
     if rates:
         for s in p.splits:
             console.print(rates_table(p, s))
+
+
+@app.command()
+def sources(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
+    script: Annotated[Optional[Path], typer.Option("--script", help="Write a shell script that prepares every "
+                                                   "missing TFDS dataset.")] = None,
+    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, taxonomy, "
+                                            "samples/).")] = TEMPLATES_DIR,
+) -> None:
+    """List every dataset the pipeline needs: its source, whether it is prepared (with counts), how to prepare it."""
+    try:
+        p = load_plan(pipeline, templates=templates, require_data=False)
+        rows = availability([p.collection.datasets[d] for d in p.datasets], p.source)
+    except CompileError as e:
+        _fail(e)
+    console.print(sources_table(rows, p.source))
+    ready = sum(r.ready for r in rows)
+    console.print(f"{ready} of {len(rows)} dataset(s) ready", highlight=False)
+    if script is not None:
+        script.write_text(prepare_script(rows))
+        script.chmod(0o755)
+        console.print(f"wrote {script} ({sum(1 for r in rows if not r.ready and r.command)} dataset(s) to prepare)",
+                      highlight=False)
+    if ready < len(rows):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -149,10 +186,12 @@ def tokenizer_train(
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary size.")] = 8000,
     pipeline: Annotated[Optional[Path], typer.Option("--pipeline", help="Read text from this pipeline's source "
                                                      "(default: the bundled samples).")] = None,
+    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, taxonomy, "
+                                            "samples/).")] = TEMPLATES_DIR,
 ) -> None:
     """Train a SentencePiece model on the rendered collection (every template of every train example)."""
     try:
-        path, n = train_from_collection(out, vocab_size=vocab_size, pipeline=pipeline)
+        path, n = train_from_collection(out, vocab_size=vocab_size, pipeline=pipeline, templates=templates)
     except CompileError as e:
         _fail(e)
     console.print(f"wrote {path} (vocab {vocab_size}, {n} texts, sha256 {sha256_file(path)})")
@@ -176,8 +215,8 @@ def compile_(
                                                           "repeatable, e.g. --beam-arg=--project=p.")] = None,
     dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="dask.distributed scheduler "
                                                         "(default: start a local cluster).")] = None,
-    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, "
-                                            "taxonomy).")] = TEMPLATES_DIR,
+    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, taxonomy, "
+                                            "samples/).")] = TEMPLATES_DIR,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check inputs and print the job's stages; "
                                           "run nothing.")] = False,
     table_cache_mb: Annotated[int, typer.Option("--table-cache-mb", min=1, help="Per worker: MiB of rendered rows "
@@ -217,12 +256,14 @@ def compile_(
 
 @contextmanager
 def _job_progress(terminal: Console, *, enabled: bool) -> Iterator[Callable[[Snapshot], None] | None]:
-    """A live rich display of the job's committed work (datasets, chunks, shards, eval sets), or nothing."""
-    if not enabled:
+    """A live rich display of the job's committed work (datasets, chunks, shards, eval sets), or nothing (also when
+    stderr is not a terminal: a log file gets the summary, not redrawn bars)."""
+    if not enabled or not terminal.is_terminal:
         yield None
         return
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=terminal, transient=False) as bar:
+    # Transient: the bars go when the job ends, so a failure reads as its error line (the summary follows a success).
+    with Progress(*columns, console=terminal, transient=True) as bar:
         tasks = {name: bar.add_task(name, total=None) for name in
                  ("datasets prepared", "chunks rendered", "shards written", "eval sets written")}
 

@@ -60,8 +60,7 @@ class CompileOptions:
 
 
 def tokenizer_path(plan: Plan) -> Path:
-    path = Path(plan.pipeline.tokenizer)
-    return path if path.is_absolute() else (plan.pipeline_path.parent / path).resolve()
+    return plan.tokenizer
 
 
 def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, DatasetJob]:
@@ -74,8 +73,8 @@ def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, 
         spec = plan.collection.datasets[name]
         jobs[name] = DatasetJob(
             spec=spec, cluster_title=plan.collection.cluster_title(name),
-            spec_sha256=sha256_file(plan.collection.paths[name]), source=plan.pipeline.source,
-            source_fingerprint=source_fingerprint(spec, plan.pipeline.source), settings=settings,
+            spec_sha256=sha256_file(plan.collection.paths[name]), source=plan.source,
+            source_fingerprint=source_fingerprint(spec, plan.source), settings=settings,
             tokenizer=tokenizer, cache_dir=storage.resolve(cache_dir),
             eval_splits=("validation", "test") if name in evaluated else (),
             trained=name in trained or (plan.pipeline.prompt_tuning_sets and name in evaluated),

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flanpipe.collection import TEMPLATES_DIR, Collection, load_collection
-from flanpipe.errors import SpecError, did_you_mean
+from flanpipe.errors import SourceError, SpecError, did_you_mean
 from flanpipe.mixing import allocate, mixing_rates
 from flanpipe.sources import count_examples
-from flanpipe.spec import ExamplesSize, PipelineSpec, load_pipeline
+from flanpipe.spec import ExamplesSize, PipelineSpec, SamplesSource, TfdsDataSource, load_pipeline
 from flanpipe.yamlio import Located
 
 ALL_SPLIT = "all"
@@ -33,11 +33,13 @@ class SplitPlan:
 class Plan:
     """Everything a compile needs, resolved and checked; immutable and picklable."""
 
-    pipeline: PipelineSpec
+    pipeline: PipelineSpec  # as declared (relative paths stay relative: the hash does not depend on where)
     pipeline_path: Path
     collection: Collection
-    counts: dict[str, int]  # train examples available per dataset, after the cap
+    counts: dict[str, int | None]  # train examples available per dataset, after the cap (None: data not there)
     splits: tuple[SplitPlan, ...]
+    source: SamplesSource | TfdsDataSource  # the pipeline's source with its directory resolved
+    tokenizer: Path  # the tokenizer model, resolved
 
     @property
     def datasets(self) -> list[str]:
@@ -49,15 +51,18 @@ class Plan:
 
 
 def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DIR,
-              only: list[str] | None = None) -> Plan:
+              only: list[str] | None = None, require_data: bool = True) -> Plan:
     """Load a pipeline and the collection, check cross-references, and build the plan.
 
     Args:
       pipeline_path: the pipeline YAML.
       templates: the templates directory.
       only: build only these split names (``--split``); None builds all.
+      require_data: False lets a dataset whose data is not there (yet) count as unknown (None), and its
+        splits have no rates: the structure of a pipeline, before anything is downloaded.
     """
     pipeline, located, collection = check_pipeline(pipeline_path, templates=templates)
+    source = resolved_source(pipeline, located, collection)
     groups = {split_name(h): [h] if isinstance(h, str) else list(h) for h in pipeline.held_out}
     held = list(groups) + ([ALL_SPLIT] if pipeline.include_all else [])
     if only:
@@ -69,8 +74,15 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
         held = [h for h in held if h in only]
     universe = set(pipeline.datasets) if pipeline.datasets is not None else set(collection.datasets)
     training_clusters = pipeline.clusters if pipeline.clusters is not None else list(collection.taxonomy.clusters)
-    counts = {d: min(count_examples(collection.datasets[d], "train", pipeline.source), pipeline.mixing.cap)
-              for d in sorted(universe) if "train" in collection.datasets[d].source.splits}
+    counts: dict[str, int | None] = {}
+    for d in sorted(universe):
+        if "train" in collection.datasets[d].source.splits:
+            try:
+                counts[d] = min(count_examples(collection.datasets[d], "train", source), pipeline.mixing.cap)
+            except SourceError:
+                if require_data:
+                    raise
+                counts[d] = None
     splits = []
     for name in held:
         tax = collection.taxonomy
@@ -84,11 +96,36 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
         if not train:
             raise SpecError(located.path, located.where(("held_out",))[1], "held_out",
                             f"holding out {name!r} leaves no dataset to train on")
-        rates = mixing_rates({d: counts[d] for d in train}, pipeline.mixing.maximum_rate)
+        known = {d: n for d in train if (n := counts[d]) is not None}
+        rates = mixing_rates(known, pipeline.mixing.maximum_rate) if len(known) == len(train) else {}
         size = pipeline.mixture_size
-        allocation = allocate(rates, size.examples) if isinstance(size, ExamplesSize) else {}
+        allocation = allocate(rates, size.examples) if rates and isinstance(size, ExamplesSize) else {}
         splits.append(SplitPlan(name, removed, train, evals, rates, allocation))
-    return Plan(pipeline, Path(pipeline_path).resolve(), collection, counts, tuple(splits))
+    return Plan(pipeline, Path(pipeline_path).resolve(), collection, counts, tuple(splits), source,
+                Path(resolve_path(pipeline.tokenizer, located, ("tokenizer",))))
+
+
+def resolve_path(value: str, located: Located, loc: tuple[str | int, ...]) -> str:
+    """A path written in a pipeline, resolved against the directory of the file that wrote it (through
+    ``extends:``); URLs and absolute paths are kept (``~`` expanded)."""
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    return str((located.where(loc)[0].parent / path).resolve())
+
+
+def resolved_source(pipeline: PipelineSpec, located: Located, collection: Collection
+                    ) -> SamplesSource | TfdsDataSource:
+    """The pipeline's source with its directory made absolute: samples default to the collection's own
+    ``samples/`` (so ``--templates DIR`` reads DIR's samples)."""
+    source = pipeline.source
+    if isinstance(source, TfdsDataSource):
+        return source.model_copy(update={"data_dir": resolve_path(source.data_dir, located, ("source", "data_dir"))})
+    if source.dir is None:
+        return source.model_copy(update={"dir": str(collection.root.resolve() / "samples")})
+    return source.model_copy(update={"dir": resolve_path(source.dir, located, ("source", "dir"))})
 
 
 def check_pipeline(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DIR

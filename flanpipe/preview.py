@@ -21,7 +21,8 @@ class PreviewRow:
 
 def render_samples(dataset: str, *, template: int | None = None, n: int = 5, split: str = "train",
                    mode: str = "natural", collection: Collection | None = None) -> list[PreviewRow]:
-    """Render the first ``n`` samples of ``split``; with no template given, cycle through all ten."""
+    """Render the first ``n`` samples of ``split`` (from the collection's ``samples/``); with no template given,
+    cycle through all ten."""
     collection = collection or load_collection()
     if dataset not in collection.datasets:
         raise CompileError(f"unknown dataset {dataset!r}{did_you_mean(dataset, collection.datasets)}")
@@ -31,7 +32,8 @@ def render_samples(dataset: str, *, template: int | None = None, n: int = 5, spl
         raise CompileError(f"--template: expected 0..9, got {template}")
     compiled = collection.compiled(dataset)
     rows: list[PreviewRow] = []
-    for i, (key, features) in enumerate(islice(read_samples(compiled.spec, split), n)):
+    samples = collection.root / "samples"
+    for i, (key, features) in enumerate(islice(read_samples(compiled.spec, split, samples), n)):
         values = compiled.fields_of(features)
         if values is None:
             continue

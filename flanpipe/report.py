@@ -9,6 +9,8 @@ from rich import box
 from rich.table import Table
 
 from flanpipe.plan import Plan, SplitPlan
+from flanpipe.sources import Availability
+from flanpipe.spec import SamplesSource, TfdsDataSource
 
 
 def plan_table(plan: Plan) -> Table:
@@ -27,11 +29,16 @@ def plan_table(plan: Plan) -> Table:
             s.name,
             ", ".join(s.removed) or "-",
             f"{len(s.train)} in {len({plan.collection.datasets[d].cluster for d in s.train})} clusters",
-            f"{sum(plan.counts[d] for d in s.train):,}",
+            _count(sum(n for d in s.train if (n := plan.counts[d]) is not None),
+                   sum(plan.counts[d] is None for d in s.train)),
             ", ".join(s.eval) or "-",
-            ", ".join(f"{d} {r:.1%}" for d, r in top),
+            ", ".join(f"{d} {r:.1%}" for d, r in top) or "unknown until the data is prepared",
         )
     return table
+
+
+def _count(known: int, unknown: int) -> str:
+    return f"{known:,}" + (f" + {unknown} unknown" if unknown else "")
 
 
 def rates_table(plan: Plan, split: SplitPlan) -> Table:
@@ -40,8 +47,10 @@ def rates_table(plan: Plan, split: SplitPlan) -> Table:
     for col in ("dataset", "cluster", "examples (capped)", "rate", "allocated"):
         table.add_column(col, justify="right" if col != "dataset" and col != "cluster" else "left")
     for d in split.train:
-        table.add_row(d, plan.collection.datasets[d].cluster, f"{plan.counts[d]:,}", f"{split.rates[d]:.2%}",
-                      f"{split.allocation.get(d, 0):,}" if split.allocation else "by tokens")
+        n = plan.counts[d]
+        table.add_row(d, plan.collection.datasets[d].cluster, "?" if n is None else f"{n:,}",
+                      f"{split.rates[d]:.2%}" if d in split.rates else "?",
+                      f"{split.allocation.get(d, 0):,}" if split.allocation else ("?" if not split.rates else "by tokens"))
     return table
 
 
@@ -70,7 +79,23 @@ def bad_examples_lines(manifest: Mapping[str, Any]) -> list[str]:
             for reason, n in split["reasons"].items():
                 reasons[reason] = reasons.get(reason, 0) + n
         total = sum(reasons.values())
-        first = next(iter(bad.values()))["first"][0]
+        first = [f for split in bad.values() for f in split["first"]]
+        keys = ", ".join(key for key, _ in first[:5]) + (", ..." if total > 5 else "")
         lines.append(f"skipped {total:,} bad example(s) of {name} ("
-                     + ", ".join(f"{r}: {n:,}" for r, n in sorted(reasons.items())) + f"); first: {first[1]}")
+                     + ", ".join(f"{r}: {n:,}" for r, n in sorted(reasons.items()))
+                     + f"): {keys}; the first: {first[0][1]}")
     return lines
+
+
+def sources_table(rows: list[Availability], source: SamplesSource | TfdsDataSource) -> Table:
+    """One row per dataset a pipeline needs: source, state, examples per split, the command that prepares it."""
+    where = f"TFDS data_dir {source.data_dir}" if isinstance(source, TfdsDataSource) else f"samples in {source.dir}"
+    table = Table(title=f"{len(rows)} dataset(s) from {where}")
+    for col in ("dataset", "cluster", "source", "state", "examples per split", "to prepare"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        counts = ", ".join(f"{split} {n:,}" for split, n in r.counts.items()) if r.ready else "-"
+        todo = "-" if r.ready else (r.command or "-") + (" (manual download first)" if r.manual_download else "")
+        table.add_row(r.dataset, r.cluster, r.source, "[green]ready[/]" if r.ready else f"[red]{r.state}[/]",
+                      counts, todo)
+    return table

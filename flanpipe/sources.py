@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,51 @@ def source_fingerprint(spec: DatasetSpec, source: SamplesSource | TfdsDataSource
                 h.update(block)
         h.update(b"\0")
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------ what a pipeline needs, before any data
+@dataclass(frozen=True)
+class Availability:
+    """One dataset a pipeline needs: where it comes from, whether it is there, and how to get it."""
+
+    dataset: str
+    cluster: str
+    source: str  # the pinned TFDS builder, or the samples directory
+    ready: bool
+    state: str
+    counts: dict[str, int]  # examples per source split (after slices), when ready
+    command: str | None  # what prepares it (TFDS), or None
+    manual_download: bool
+
+
+def availability(specs: list[DatasetSpec], source: SamplesSource | TfdsDataSource) -> list[Availability]:
+    """The state of every dataset in ``specs`` under ``source`` (nothing is read beyond metadata and line counts)."""
+    rows = []
+    for spec in specs:
+        if isinstance(source, TfdsDataSource):
+            s = tfds_source.status(spec, source.data_dir)
+            rows.append(Availability(spec.name, spec.cluster, spec.source.tfds, s.prepared, s.state, s.counts,
+                                     None if s.prepared else s.command, s.manual_download))
+            continue
+        base = samples_dir_of(source) / spec.name
+        missing = [split for split in spec.source.splits if not (base / f"{split}.jsonl").exists()]
+        counts = {} if missing else {split: count_examples(spec, split, source) for split in spec.source.splits}
+        rows.append(Availability(spec.name, spec.cluster, str(base), not missing,
+                                 f"missing {', '.join(f'{m}.jsonl' for m in missing)}" if missing else "samples",
+                                 counts, None, False))
+    return rows
+
+
+def prepare_script(rows: list[Availability]) -> str:
+    """A shell script that prepares every TFDS dataset not ready yet (``tfds build`` needs TensorFlow)."""
+    lines = ["#!/usr/bin/env bash", "# Prepares the TFDS datasets a flanpipe pipeline needs and does not find yet.",
+             "# The tfds command line needs TensorFlow: pip install tensorflow tensorflow-datasets", "set -euo pipefail"]
+    todo = [r for r in rows if not r.ready and r.command]
+    for r in todo:
+        if r.manual_download:
+            lines.append(f"# {r.dataset}: {r.source} needs files downloaded by hand first "
+                         f"(see `tfds build {r.source}`'s message for where to put them)")
+        lines.append(r.command)  # type: ignore[arg-type]
+    if not todo:
+        lines.append("# nothing to prepare: every dataset is there")
+    return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,30 +33,37 @@ def build_command(spec: DatasetSpec, data_dir: str) -> str:
     return f"tfds build {spec.source.tfds} --data_dir={data_dir} --file_format=array_record"
 
 
+def _locate(spec: DatasetSpec, data_dir: str) -> tuple[Path, str | None]:
+    """The dataset's version directory, and why it is not a complete preparation (None when it is)."""
+    src = spec.source
+    root = Path(data_dir)
+    parent = root / src.builder / src.config if src.config else root / src.builder
+    path = parent / src.version
+    if (path / "dataset_info.json").is_file():
+        return path, None
+    found = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    versions = [v for v in found if not v.startswith("incomplete")]
+    if path.is_dir():
+        return path, f"{path} exists but has no dataset_info.json (preparation did not finish)"
+    if versions:
+        return path, (f"{path} does not exist (prepared versions there: {', '.join(versions)}; the dataset file "
+                      f"pins {src.version})")
+    if found:
+        return path, f"{path} does not exist (only unfinished preparations: {', '.join(found)})"
+    return path, f"{path} does not exist"
+
+
 def dataset_dir(spec: DatasetSpec, data_dir: str) -> Path:
     """``<data_dir>/<builder>[/<config>]/<version>``, checked to hold a complete prepared dataset."""
-    root = Path(data_dir)
-    if not root.is_dir():
+    if not Path(data_dir).is_dir():
         raise SourceError(
             f"{_what(spec)}: TFDS data_dir {data_dir!r} does not exist; set source.data_dir of the pipeline to "
             f"the directory holding prepared datasets, or prepare this one with: {build_command(spec, data_dir)}"
         )
-    src = spec.source
-    parent = root / src.builder / src.config if src.config else root / src.builder
-    path = parent / src.version
-    if not (path / "dataset_info.json").is_file():
-        found = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
-        versions = [v for v in found if not v.startswith("incomplete")]
-        if path.is_dir():
-            state = f"{path} exists but has no dataset_info.json (preparation did not finish)"
-        elif versions:
-            state = f"{path} does not exist (prepared versions there: {', '.join(versions)}; the dataset file pins {src.version})"
-        elif found:
-            state = f"{path} does not exist (only unfinished preparations: {', '.join(found)})"
-        else:
-            state = f"{path} does not exist"
+    path, problem = _locate(spec, data_dir)
+    if problem is not None:
         raise SourceError(
-            f"{_what(spec)}: not prepared in data_dir {data_dir}: {state}. Prepare it with: "
+            f"{_what(spec)}: not prepared in data_dir {data_dir}: {problem}. Prepare it with: "
             f"{build_command(spec, data_dir)} (the tfds command line needs TensorFlow installed)"
         )
     return path
@@ -67,6 +75,42 @@ def _info_json(spec: DatasetSpec, path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise SourceError(f"{_what(spec)}: cannot read {path / 'dataset_info.json'}: {e}") from None
     return info if isinstance(info, dict) else {}
+
+
+@dataclass(frozen=True)
+class Status:
+    """Whether a dataset is prepared in a data_dir, and what it holds or how to prepare it."""
+
+    prepared: bool
+    state: str  # "prepared", or what is wrong
+    counts: dict[str, int]  # examples per source split after its slice, when prepared
+    command: str  # the tfds command that prepares it
+    manual_download: bool  # the builder needs files downloaded by hand first
+
+
+def status(spec: DatasetSpec, data_dir: str) -> Status:
+    """Check one dataset's preparation without raising (for ``flanpipe sources``)."""
+    command = build_command(spec, data_dir)
+    manual = _needs_manual_download(spec)
+    path, problem = _locate(spec, data_dir)
+    if problem is None:
+        try:
+            builder = _builder(spec, data_dir)
+            counts = {split: _slice_size(spec, builder, expr) for split, expr in spec.source.splits.items()}
+        except SourceError as e:
+            return Status(False, str(e).split(": ", 1)[-1], {}, command, manual)
+        return Status(True, "prepared", counts, command, manual)
+    return Status(False, problem, {}, command, manual)
+
+
+def _needs_manual_download(spec: DatasetSpec) -> bool:
+    """Whether the builder's class declares manual download instructions (False when it cannot be loaded)."""
+    try:
+        import tensorflow_datasets as tfds
+
+        return bool(getattr(tfds.builder_cls(spec.source.builder), "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
+    except Exception:  # an unknown or unimportable builder: the prepare command will say why
+        return False
 
 
 def _check_format(spec: DatasetSpec, path: Path, data_dir: str) -> None:

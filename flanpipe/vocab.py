@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from flanpipe.collection import Collection, load_collection
+from flanpipe.collection import TEMPLATES_DIR, Collection, load_collection
+from flanpipe.plan import resolved_source
 from flanpipe.sources import read_examples
 from flanpipe.spec import SamplesSource, load_pipeline
 from flanpipe.tokenizer import train_tokenizer
@@ -26,8 +27,15 @@ def collection_texts(collection: Collection, source: object) -> Iterator[str]:
                     yield r.targets
 
 
-def train_from_collection(out: Path, *, vocab_size: int, pipeline: Path | None = None) -> tuple[Path, int]:
-    """Train a tokenizer on the collection rendered from the pipeline's source (default: samples)."""
-    source = load_pipeline(pipeline)[0].source if pipeline else SamplesSource(kind="samples")
-    texts = list(collection_texts(load_collection(), source))
+def train_from_collection(out: Path, *, vocab_size: int, pipeline: Path | None = None,
+                          templates: Path = TEMPLATES_DIR) -> tuple[Path, int]:
+    """Train a tokenizer on the collection rendered from the pipeline's source (default: the collection's
+    samples)."""
+    collection = load_collection(templates)
+    if pipeline:
+        spec, located = load_pipeline(pipeline)
+        source = resolved_source(spec, located, collection)
+    else:
+        source = SamplesSource(kind="samples", dir=str(collection.root.resolve() / "samples"))
+    texts = list(collection_texts(collection, source))
     return train_tokenizer(texts, out, vocab_size=vocab_size), len(texts)

@@ -81,3 +81,41 @@ def test_modes_render_as_the_paper_describes(collection):
     assert named.inputs.startswith(f"[Translation: {collection.datasets['wmt14_enfr'].title}] ")
     assert named.inputs.endswith(bare.inputs) and bare.targets == named.targets
     assert len(natural.inputs) > len(bare.inputs) and natural.template >= 0 and bare.template == -1
+
+
+# ---------------------------------------------------------------------------- paths
+def test_an_extends_chain_from_another_directory_resolves_each_path_against_its_own_file(tmp_path):
+    other = tmp_path / "elsewhere" / "deeper"
+    other.mkdir(parents=True)
+    (other / "mine.yaml").write_text(f"extends: {PIPELINES / 'flan2021.yaml'}\nname: mine\n")
+    plan = load_plan(other / "mine.yaml")
+    repo = PIPELINES.parent
+    assert plan.tokenizer == (repo / "flanpipe" / "assets" / "flanpipe_sp8k.model").resolve()
+    assert plan.tokenizer.exists()
+    assert plan.source.dir == str((repo / "templates" / "samples").resolve())
+    # the child's own paths are its own: relative to the child's directory
+    (other / "samples").mkdir()
+    (other / "tok.model").write_bytes(b"")
+    (other / "mine.yaml").write_text(f"extends: {PIPELINES / 'flan2021.yaml'}\nname: mine\ntokenizer: tok.model\n"
+                                     f"source: {{kind: tfds, data_dir: ../data}}\n")
+    from flanpipe.plan import check_pipeline, resolve_path
+
+    pipeline, located, _ = check_pipeline(other / "mine.yaml")
+    assert resolve_path(pipeline.tokenizer, located, ("tokenizer",)) == str(other / "tok.model")
+    assert resolve_path(pipeline.source.data_dir, located, ("source", "data_dir")) == str(tmp_path / "elsewhere" / "data")
+    assert pipeline.tokenizer == "tok.model"  # the declared pipeline keeps its paths: its hash does not depend on where
+
+
+def test_templates_dir_means_its_own_samples(tmp_path):
+    import shutil
+
+    from compile_fixtures import make_world
+
+    make_world(tmp_path)
+    shutil.move(str(tmp_path / "samples"), str(tmp_path / "templates" / "samples"))
+    pipe = tmp_path / "pipeline.yaml"
+    pipe.write_text(pipe.read_text().replace(f"source: {{kind: samples, dir: {tmp_path / 'samples'}}}",
+                                             "source: {kind: samples}"))
+    plan = load_plan(pipe, templates=tmp_path / "templates")
+    assert plan.source.dir == str((tmp_path / "templates" / "samples").resolve())
+    assert plan.counts == {"para": 40, "rte": 40, "senti": 40}

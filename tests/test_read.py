@@ -114,7 +114,8 @@ def test_skipped_bad_examples_are_counted_per_dataset_and_reason(tmp_path):
                                    "--templates", str(tmp_path / "templates"), "--cache-dir",
                                    str(tmp_path / "cache"), "--quiet"])
     assert cli.exit_code == 0, cli.output
-    assert "skipped 3 bad example(s) of rte (answer: 2, fields.premise: 1); first: " in cli.output
+    assert "skipped 3 bad example(s) of rte (answer: 2, fields.premise: 1): train:3, train:5, test:6; the first: " \
+        in cli.output
 
 
 def test_bad_examples_error_is_the_default_and_stops_the_read(tmp_path):

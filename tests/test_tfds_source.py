@@ -219,3 +219,80 @@ def test_end_to_end_renders_rte_from_tfds(data_dir):
         assert f"Premise number {key.split(':')[1]} é." in compiled.render(values, 0).inputs
     train_keys = [k for k, _ in read_examples(spec, "train", source)]
     assert len(set(train_keys)) == 20 and all(k.startswith("train:") for k in train_keys)
+
+
+# ------------------------------------------------------------------ before the data: flanpipe sources / plan
+def _tfds_world(root: Path, data_dir: str) -> Path:
+    """templates/ with rte on the prepared tiny builder and two datasets on builders not prepared; a pipeline."""
+    from conftest import PIPE, TINY_TAXONOMY, generation_yaml
+
+    rte = RTE.read_text().replace("super_glue/rte:1.0.2", "flanpipe_tiny_rte/rte:1.0.2").replace(
+        'splits: {train: "train[:-200]", validation: "train[-200:]", test: validation}',
+        'splits: {train: "train[:-10]", validation: "train[-10:]", test: validation}')
+    (root / "templates" / "natural_language_inference").mkdir(parents=True)
+    (root / "templates" / "natural_language_inference" / "rte.yaml").write_text(rte)
+    for name, cluster in (("para", "paraphrase"), ("senti", "sentiment")):
+        (root / "templates" / cluster).mkdir()
+        (root / "templates" / cluster / f"{name}.yaml").write_text(generation_yaml(name, cluster))
+    (root / "templates" / "taxonomy.yaml").write_text(TINY_TAXONOMY)
+    pipe = root / "pipeline.yaml"
+    pipe.write_text(PIPE.replace("source: {kind: samples}", f"source: {{kind: tfds, data_dir: {data_dir}}}")
+                    .replace("tokenizer: tok.model", f"tokenizer: {REPO / 'flanpipe' / 'assets' / 'flanpipe_sp8k.model'}")
+                    .replace("held_out: [natural_language_inference]", "held_out: [sentiment]"))
+    return pipe
+
+
+def test_sources_lists_what_is_prepared_and_how_to_prepare_the_rest(data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from flanpipe.cli import app
+
+    pipe = _tfds_world(tmp_path, data_dir)
+    script = tmp_path / "prepare.sh"
+    result = CliRunner().invoke(app, ["sources", str(pipe), "--templates", str(tmp_path / "templates"),
+                                      "--script", str(script)])
+    assert result.exit_code == 1, result.output  # not everything is ready
+    out = result.output
+    assert "1 of 3 dataset(s) ready" in out and "rte" in out and "demo/para:1.0.0" in out
+    from flanpipe.plan import load_plan
+    from flanpipe.sources import availability
+
+    plan = load_plan(pipe, templates=tmp_path / "templates", require_data=False)
+    rows = {r.dataset: r for r in availability([plan.collection.datasets[d] for d in plan.datasets], plan.source)}
+    assert rows["rte"].ready and rows["rte"].counts == {"train": 20, "validation": 10, "test": 7}  # sliced
+    assert not rows["para"].ready and "does not exist" in rows["para"].state
+    assert rows["para"].command == f"tfds build demo/para:1.0.0 --data_dir={data_dir} --file_format=array_record"
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
+    commands = [line for line in text.splitlines() if line.startswith("tfds build")]
+    assert commands == [f"tfds build demo/{n}:1.0.0 --data_dir={data_dir} --file_format=array_record"
+                        for n in ("para", "senti")]
+
+
+def test_plan_works_before_the_data_is_there(data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from flanpipe.cli import app
+    from flanpipe.plan import load_plan
+
+    pipe = _tfds_world(tmp_path, data_dir)
+    plan = load_plan(pipe, templates=tmp_path / "templates", require_data=False)
+    assert plan.counts == {"para": None, "rte": 20, "senti": None}
+    assert plan.splits[0].train == ("rte", "para") and plan.splits[0].rates == {}
+    with pytest.raises(SourceError, match="demo/para:1.0.0"):
+        load_plan(pipe, templates=tmp_path / "templates")  # a compile needs the data
+    result = CliRunner().invoke(app, ["plan", str(pipe), "--templates", str(tmp_path / "templates"), "--rates"],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "2 dataset(s) not prepared, counts and rates unknown: para, senti" in result.output
+    assert "20 + 1 unknown" in result.output
+
+
+def test_status_of_one_dataset(data_dir, tmp_path):
+    ready = tfds_source.status(tiny_spec(), data_dir)
+    assert ready.prepared and ready.counts == {"train": 20, "validation": 10, "test": 7}
+    missing = tfds_source.status(tiny_spec(tfds="flanpipe_tiny_rte/rte:9.9.9"), data_dir)
+    assert not missing.prepared and "prepared versions there: 1.0.2" in missing.state
+    assert missing.command.startswith("tfds build flanpipe_tiny_rte/rte:9.9.9 ")
+    too_big = tfds_source.status(tiny_spec(splits={"train": "train[:500]", "test": "validation"}), data_dir)
+    assert not too_big.prepared and "does not fit" in too_big.state
