@@ -35,6 +35,9 @@ if not console.is_terminal:  # piped or captured: no terminal width to fit, so d
     console = Console(width=120)
 err_console = Console(stderr=True)
 _STATE = {"debug": False}
+# Every command that reads the collection takes it from --templates: dataset files, taxonomy and samples/.
+TemplatesOption = Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, taxonomy, "
+                                                                  "samples/).")]
 
 
 @app.callback()
@@ -100,8 +103,7 @@ def render(
     n: Annotated[int, typer.Option("--n", help="Examples to show.")] = 5,
     split: Annotated[str, typer.Option("--split", help="train, validation or test.")] = "train",
     mode: Annotated[str, typer.Option("--mode", help="natural, dataset_name or none.")] = "natural",
-    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, taxonomy, "
-                                            "samples/).")] = TEMPLATES_DIR,
+    templates: TemplatesOption = TEMPLATES_DIR,
 ) -> None:
     """Pretty-print rendered inputs and targets from the collection's samples."""
     try:
@@ -123,8 +125,7 @@ def plan(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
     split: Annotated[Optional[list[str]], typer.Option("--split", help="Only these splits.")] = None,
     rates: Annotated[bool, typer.Option("--rates", help="Also list every dataset's mixing rate.")] = False,
-    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, taxonomy, "
-                                            "samples/).")] = TEMPLATES_DIR,
+    templates: TemplatesOption = TEMPLATES_DIR,
 ) -> None:
     """Show what a pipeline builds: each held-out split, clusters removed, datasets kept, counts, rates."""
     try:
@@ -147,8 +148,7 @@ def sources(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML.")],
     script: Annotated[Optional[Path], typer.Option("--script", help="Write a shell script that prepares every "
                                                    "missing TFDS dataset.")] = None,
-    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, taxonomy, "
-                                            "samples/).")] = TEMPLATES_DIR,
+    templates: TemplatesOption = TEMPLATES_DIR,
 ) -> None:
     """List every dataset the pipeline needs: its source, whether it is prepared (with counts), how to prepare it."""
     try:
@@ -186,8 +186,7 @@ def tokenizer_train(
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary size.")] = 8000,
     pipeline: Annotated[Optional[Path], typer.Option("--pipeline", help="Read text from this pipeline's source "
                                                      "(default: the bundled samples).")] = None,
-    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, taxonomy, "
-                                            "samples/).")] = TEMPLATES_DIR,
+    templates: TemplatesOption = TEMPLATES_DIR,
 ) -> None:
     """Train a SentencePiece model on the rendered collection (every template of every train example)."""
     try:
@@ -215,8 +214,7 @@ def compile_(
                                                           "repeatable, e.g. --beam-arg=--project=p.")] = None,
     dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="dask.distributed scheduler "
                                                         "(default: start a local cluster).")] = None,
-    templates: Annotated[Path, typer.Option("--templates", help="Templates directory (dataset files, taxonomy, "
-                                            "samples/).")] = TEMPLATES_DIR,
+    templates: TemplatesOption = TEMPLATES_DIR,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check inputs and print the job's stages; "
                                           "run nothing.")] = False,
     table_cache_mb: Annotated[int, typer.Option("--table-cache-mb", min=1, help="Per worker: MiB of rendered rows "
