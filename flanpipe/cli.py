@@ -23,6 +23,7 @@ from flanpipe.plan import load_plan
 from flanpipe.progress import Snapshot
 from flanpipe.report import bad_examples_lines, compile_table, plan_table, rates_table, sources_table
 from flanpipe.sources import availability, prepare_script
+from flanpipe.starter import write_starter
 from flanpipe.verify import verify_output
 from flanpipe.spec import write_schemas
 from flanpipe.files import sha256_file
@@ -166,6 +167,20 @@ def sources(
                       highlight=False)
     if ready < len(rows):
         raise typer.Exit(1)
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="A new (or empty) directory.")]) -> None:
+    """Write a starter project: a copy of the collection with a dataset of your own, and a pipeline that
+    extends the paper's run."""
+    try:
+        written = write_starter(directory)
+    except CompileError as e:
+        _fail(e)
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+    console.print(f"next: cd {directory} && flanpipe validate templates pipeline.yaml && "
+                  f"flanpipe compile pipeline.yaml --templates templates --out out", highlight=False)
 
 
 @app.command()

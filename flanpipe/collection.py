@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flanpipe.errors import CompileError, SpecError, did_you_mean
+from flanpipe.paths import TEMPLATES_DIR
 from flanpipe.spec import DatasetSpec, Taxonomy, TemplateLimits, load_dataset_file, load_taxonomy
 from flanpipe.templates import CompiledDataset
 from flanpipe.yamlio import Located
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 TAXONOMY_FILE = "taxonomy.yaml"
 
 

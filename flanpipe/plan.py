@@ -8,6 +8,7 @@ from pathlib import Path
 from flanpipe.collection import TEMPLATES_DIR, Collection, load_collection
 from flanpipe.errors import SourceError, SpecError, did_you_mean
 from flanpipe.mixing import allocate, mixing_rates
+from flanpipe.paths import package_path
 from flanpipe.sources import count_examples
 from flanpipe.spec import ExamplesSize, PipelineSpec, SamplesSource, TfdsDataSource, load_pipeline
 from flanpipe.yamlio import Located
@@ -101,7 +102,7 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
         size = pipeline.mixture_size
         allocation = allocate(rates, size.examples) if rates and isinstance(size, ExamplesSize) else {}
         splits.append(SplitPlan(name, removed, train, evals, rates, allocation))
-    return Plan(pipeline, Path(pipeline_path).resolve(), collection, counts, tuple(splits), source,
+    return Plan(pipeline, located.path.resolve(), collection, counts, tuple(splits), source,
                 Path(resolve_path(pipeline.tokenizer, located, ("tokenizer",))))
 
 
@@ -110,6 +111,9 @@ def resolve_path(value: str, located: Located, loc: tuple[str | int, ...]) -> st
     ``extends:``); URLs and absolute paths are kept (``~`` expanded)."""
     if "://" in value:
         return value
+    bundled = package_path(value)
+    if bundled is not None:
+        return str(bundled)
     path = Path(value).expanduser()
     if path.is_absolute():
         return str(path)

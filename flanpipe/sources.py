@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from flanpipe import tfds_source
+from flanpipe.paths import TEMPLATES_DIR
 from flanpipe.errors import SourceError
 from flanpipe.spec import DatasetSpec, SamplesSource, TfdsDataSource
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "templates" / "samples"
+SAMPLES_DIR = TEMPLATES_DIR / "samples"
 
 Example = tuple[str, dict[str, Any]]
 

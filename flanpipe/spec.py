@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from flanpipe.errors import SpecError, did_you_mean
+from flanpipe.paths import package_path
 from flanpipe.yamlio import Loc, Located, dotted, load_yaml
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -468,8 +469,13 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 
 def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Located]:
-    """Load a pipeline file, resolving ``extends:`` chains (child keys override parent keys, deeply)."""
-    merged = _resolve_extends(Path(path), ())
+    """Load a pipeline file (a path, or ``flanpipe:pipelines/<name>.yaml`` for one that ships with flanpipe),
+    resolving ``extends:`` chains (child keys override parent keys, deeply)."""
+    try:
+        bundled = package_path(str(path))
+    except ValueError as e:
+        raise SpecError(path, None, None, str(e)) from None
+    merged = _resolve_extends(bundled or Path(path), ())
     return validate_located(PipelineSpec, merged), merged
 
 
@@ -483,7 +489,11 @@ def _resolve_extends(path: Path, chain: tuple[Path, ...]) -> Located:
     file, line = located.where(("extends",))
     if not isinstance(parent_name, str):
         raise SpecError(file, line, "extends", f"must be a file path, got {parent_name!r}")
-    parent_path = (path.parent / parent_name).resolve()
+    try:
+        bundled = package_path(parent_name)
+    except ValueError as e:
+        raise SpecError(file, line, "extends", str(e)) from None
+    parent_path = (bundled or path.parent / parent_name).resolve()
     if parent_path in chain or parent_path == path.resolve():
         raise SpecError(file, line, "extends", f"circular extends through {parent_name}")
     if not parent_path.exists():

@@ -6,19 +6,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flanpipe.collection import TEMPLATES_DIR, dataset_files, load_collection
+from flanpipe.paths import PIPELINES_DIR
 from flanpipe.errors import CompileError
 from flanpipe.plan import check_pipeline
-
-PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
 
 def validate_paths(paths: Sequence[Path]) -> tuple[list[CompileError], int]:
     """Validate the given template dirs / pipeline files (default: templates/ and pipelines/).
 
+    Pipelines are checked against the first template dir given (else the default collection).
+
     Returns:
       (problems, number of files checked).
     """
     paths = list(paths) or [TEMPLATES_DIR, *sorted(PIPELINES_DIR.glob("*.yaml"))]
+    templates = next((p for p in paths if p.is_dir()), TEMPLATES_DIR)
     problems: list[CompileError] = []
     checked = 0
     for path in paths:
@@ -31,7 +33,7 @@ def validate_paths(paths: Sequence[Path]) -> tuple[list[CompileError], int]:
         else:
             checked += 1
             try:
-                check_pipeline(path)
+                check_pipeline(path, templates=templates)
             except CompileError as e:
                 problems.append(e)
     return problems, checked

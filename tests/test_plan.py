@@ -119,3 +119,17 @@ def test_templates_dir_means_its_own_samples(tmp_path):
     plan = load_plan(pipe, templates=tmp_path / "templates")
     assert plan.source.dir == str((tmp_path / "templates" / "samples").resolve())
     assert plan.counts == {"para": 40, "rte": 40, "senti": 40}
+
+
+def test_an_inherited_relative_path_is_resolved_against_the_parent_that_declares_it(tmp_path):
+    import shutil
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(PIPELINES.parent / "flanpipe" / "assets" / "flanpipe_sp8k.model", tmp_path / "a" / "tok.model")
+    (tmp_path / "a" / "base.yaml").write_text("extends: flanpipe:pipelines/flan2021.yaml\nname: base\n"
+                                              "tokenizer: tok.model\n")
+    (tmp_path / "b" / "child.yaml").write_text("extends: ../a/base.yaml\nname: child\n")
+    plan = load_plan(tmp_path / "b" / "child.yaml")
+    assert plan.tokenizer == tmp_path / "a" / "tok.model"
+    assert plan.pipeline.name == "child" and len(plan.splits) == 10
