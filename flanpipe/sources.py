@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flanpipe import tfds_source
+from flanpipe import files_source, tfds_source
 from flanpipe.paths import TEMPLATES_DIR
 from flanpipe.errors import SourceError
-from flanpipe.spec import DatasetSpec, SamplesSource, TfdsDataSource
+from flanpipe.spec import DatasetSpec, FilesSource, SamplesSource, TfdsDataSource
 
 SAMPLES_DIR = TEMPLATES_DIR / "samples"
 
@@ -44,15 +43,7 @@ def read_samples(spec: DatasetSpec, split: str, samples_dir: Path = SAMPLES_DIR)
         raise SourceError(f"{path}: no bundled samples for dataset {spec.name!r} split {split!r}")
     seen: set[str] = set()
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                features = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(features, dict):
-                raise SourceError(f"{path}:{lineno}: expected a JSON object of features, got {type(features).__name__}")
+        for lineno, features in files_source.jsonl_records(f, path):
             key = example_key(spec, split, lineno - 1, features)
             if key in seen:
                 raise SourceError(f"{path}:{lineno}: {spec.source.key}: duplicate example key {key!r}")
@@ -65,9 +56,12 @@ def samples_dir_of(source: SamplesSource) -> Path:
 
 
 def count_examples(spec: DatasetSpec, split: str, source: SamplesSource | TfdsDataSource) -> int:
-    """How many examples ``split`` of the dataset has in ``source`` (before filters)."""
+    """How many examples ``split`` of the dataset has in ``source`` (before filters); a dataset with files of
+    its own counts those, whatever ``source``."""
     if split not in spec.source.splits:
         return 0
+    if isinstance(spec.source, FilesSource):
+        return files_source.split_size(spec, split)
     if isinstance(source, TfdsDataSource):
         return tfds_source.split_size(spec, split, source.data_dir)
     path = samples_dir_of(source) / spec.name / f"{split}.jsonl"
@@ -81,7 +75,9 @@ def read_examples(spec: DatasetSpec, split: str, source: SamplesSource | TfdsDat
     """Yield (stable key, features) for every example of ``split`` in ``source``."""
     if split not in spec.source.splits:
         return
-    if isinstance(source, TfdsDataSource):
+    if isinstance(spec.source, FilesSource):
+        yield from files_source.read_split(spec, split)
+    elif isinstance(source, TfdsDataSource):
         for index, features in tfds_source.read_split(spec, split, source.data_dir):
             yield example_key(spec, split, index, features), features
     else:
@@ -91,6 +87,9 @@ def read_examples(spec: DatasetSpec, split: str, source: SamplesSource | TfdsDat
 def source_fingerprint(spec: DatasetSpec, source: SamplesSource | TfdsDataSource) -> str:
     """A hash that changes whenever the dataset's source examples may have changed."""
     h = hashlib.sha256()
+    if isinstance(spec.source, FilesSource):
+        h.update(files_source.fingerprint(spec).encode())
+        return h.hexdigest()
     if isinstance(source, TfdsDataSource):
         h.update(tfds_source.fingerprint(spec, source.data_dir).encode())
         return h.hexdigest()
@@ -126,6 +125,13 @@ def availability(specs: list[DatasetSpec], source: SamplesSource | TfdsDataSourc
     """The state of every dataset in ``specs`` under ``source`` (nothing is read beyond metadata and line counts)."""
     rows = []
     for spec in specs:
+        if isinstance(spec.source, FilesSource):
+            try:
+                counts = {split: files_source.split_size(spec, split) for split in spec.source.files}
+                rows.append(Availability(spec.name, spec.cluster, "files", True, "files", counts, None, False))
+            except SourceError as e:
+                rows.append(Availability(spec.name, spec.cluster, "files", False, str(e), {}, None, False))
+            continue
         if isinstance(source, TfdsDataSource):
             s = tfds_source.status(spec, source.data_dir)
             rows.append(Availability(spec.name, spec.cluster, spec.source.tfds, s.prepared, s.state, s.counts,

@@ -93,6 +93,45 @@ class TfdsSource(BaseModel):
         return self.tfds.rsplit(":", 1)[1]
 
 
+FILES_SLICE = re.compile(r"^(?P<pattern>.+?)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+
+
+class FilesSource(BaseModel):
+    """A dataset's examples from files of its own (JSONL, Parquet or CSV), read whatever the pipeline's source."""
+
+    model_config = _STRICT
+    files: dict[SplitName, str] = Field(description=(
+        "Our split -> a path or glob (relative to the dataset file, or any fsspec URL), optionally sliced by "
+        "row over the matched files in name order: {train: 'data/train-*.jsonl[:5000]', test: 'data/test.csv'}."))
+    format: Literal["jsonl", "parquet", "csv"] | None = Field(
+        default=None, description="File format; None: from each file's extension (.jsonl/.json, .parquet, .csv).")
+    key: str | None = Field(
+        default=None, description="Field path giving a stable example key; None means '<file name>:<line or row>'.")
+
+    @model_validator(mode="after")
+    def _check(self) -> FilesSource:
+        if "test" not in self.files:
+            raise ValueError("files must define 'test' (the split the held-out evaluation reports)")
+        return self
+
+    @property
+    def splits(self) -> dict[str, str]:
+        """Our split -> its files (the same role as a TFDS source's split slices)."""
+        return dict(self.files)
+
+
+def _source_tag(value: Any) -> str:
+    """A dataset source's kind; the tags differ from the YAML keys, so error paths never show them."""
+    files = "files" in value if isinstance(value, dict) else isinstance(value, FilesSource)
+    return "from files" if files else "from tfds"
+
+
+DatasetSource = Annotated[
+    Annotated[TfdsSource, Tag("from tfds")] | Annotated[FilesSource, Tag("from files")],
+    Discriminator(_source_tag),
+]
+
+
 class FixedOptions(BaseModel):
     """Classification options fixed for the dataset, in label order."""
 
@@ -138,7 +177,7 @@ class DatasetSpec(BaseModel):
     title: str = Field(min_length=1, description="Display name used by the dataset-name instruction mode, e.g. 'RTE'.")
     cluster: str = Field(pattern=_NAME, description="Task cluster id (a key of taxonomy.yaml clusters).")
     kind: Literal["classification", "generation"] = Field(description="Classification gets options and rank scoring.")
-    source: TfdsSource
+    source: DatasetSource
     fields: dict[str, FieldSpec] = Field(
         min_length=1, description="Template variable -> source feature or expression, evaluated in order."
     )
@@ -438,7 +477,17 @@ def load_dataset_file(path: str | Path) -> tuple[DatasetSpec, Located]:
     if spec.name != Path(path).stem:
         file, line = located.where(("name",))
         raise SpecError(file, line, "name", f"must equal the file name {Path(path).stem!r}, got {spec.name!r}")
+    if isinstance(spec.source, FilesSource):  # file patterns are relative to the dataset file
+        base = Path(path).resolve().parent
+        files = {split: _absolute(expr, base) for split, expr in spec.source.files.items()}
+        spec = spec.model_copy(update={"source": spec.source.model_copy(update={"files": files})})
     return spec, located
+
+
+def _absolute(expr: str, base: Path) -> str:
+    if "://" in expr or Path(expr).expanduser().is_absolute():
+        return str(Path(expr).expanduser()) if "://" not in expr else expr
+    return str(base / expr)
 
 
 def load_taxonomy(path: str | Path) -> tuple[Taxonomy, Located]:
