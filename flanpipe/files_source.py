@@ -131,34 +131,45 @@ def split_size(spec: DatasetSpec, split: str) -> int:
 def read_split(spec: DatasetSpec, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(stable key, record) of every row of the split's slice; SourceError on a duplicate key."""
     lo, hi = _bounds(spec, split)
-    key_field = _source(spec).key
+
+    def rows() -> Iterator[tuple[str, str, dict[str, Any]]]:
+        for position, (url, number, record) in enumerate(_all_rows(spec, split)):
+            if position >= hi:
+                return
+            if position >= lo:
+                yield f"{PurePosixPath(url).name}:{number}", f"{url}:{number}", record
+
+    yield from keyed(rows(), split, _source(spec).key, _what(spec))
+
+
+def keyed(rows: Iterable[tuple[str, str, dict[str, Any]]], split: str, key_field: str | None, what: str
+          ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(stable key, record) of (default key, where, record) rows: the ``key_field``'s value when the dataset
+    declares one, else the default; SourceError naming ``where`` on a missing or duplicate key."""
     seen: set[str] = set()
-    for position, (url, number, record) in enumerate(_all_rows(spec, split)):
-        if position >= hi:
-            break
-        if position < lo:
-            continue
+    for default, where, record in rows:
         if key_field is None:
-            key = f"{split}:{PurePosixPath(url).name}:{number}"
+            key = f"{split}:{default}"
         else:
-            value = _lookup(record, key_field)
-            if value is _MISSING or value is None:
-                raise SourceError(f"{url}:{number}: key field {key_field!r} missing ({_what(spec)})")
+            value = lookup(record, key_field)
+            if value is MISSING or value is None:
+                raise SourceError(f"{where}: key field {key_field!r} missing ({what})")
             key = f"{split}:{value}"
         if key in seen:
-            raise SourceError(f"{url}:{number}: {key_field}: duplicate example key {key!r} ({_what(spec)})")
+            raise SourceError(f"{where}: {key_field}: duplicate example key {key!r} ({what})")
         seen.add(key)
         yield key, record
 
 
-_MISSING = object()
+MISSING = object()
 
 
-def _lookup(record: dict[str, Any], path: str) -> Any:
+def lookup(record: dict[str, Any], path: str) -> Any:
+    """The value at a feature path (a/b), or MISSING."""
     node: Any = record
     for part in path.split("/"):
         if not isinstance(node, dict) or part not in node:
-            return _MISSING
+            return MISSING
         node = node[part]
     return node
 
@@ -166,7 +177,7 @@ def _lookup(record: dict[str, Any], path: str) -> Any:
 def check_features(spec: DatasetSpec, record: dict[str, Any], where: str) -> None:
     """Every feature the field map reads is in ``record`` (a row of the split), else SourceError naming it."""
     for name, field in spec.fields.items():
-        if isinstance(field, FeatureField) and _lookup(record, field.feature) is _MISSING:
+        if isinstance(field, FeatureField) and lookup(record, field.feature) is MISSING:
             have = ", ".join(sorted(record)) or "(none)"
             raise SourceError(f"{_what(spec)}: fields.{name}: feature {field.feature!r} not in {where} "
                               f"(its fields: {have})")

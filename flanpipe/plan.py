@@ -102,6 +102,10 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
         size = pipeline.mixture_size
         allocation = allocate(rates, size.examples) if rates and isinstance(size, ExamplesSize) else {}
         splits.append(SplitPlan(name, removed, train, evals, rates, allocation))
+    if require_data:  # the eval splits too: a missing split or feature is found here, not inside the job
+        for d in sorted({d for s in splits for d in s.eval}):
+            for split in ("validation", "test"):
+                count_examples(collection.datasets[d], split, source)
     return Plan(pipeline, located.path.resolve(), collection, counts, tuple(splits), source,
                 Path(resolve_path(pipeline.tokenizer, located, ("tokenizer",))))
 

@@ -24,7 +24,7 @@ from flanpipe.errors import TemplateError
 from flanpipe.hashing import CAP, MIX_ORDER, mix64, stable_hash
 from flanpipe.jobs import DatasetJob
 from flanpipe.sources import read_examples
-from flanpipe.spec import FilesSource, SamplesSource
+from flanpipe.spec import FilesSource, HuggingFaceSource, SamplesSource
 from flanpipe.store import read_table, write_table
 from flanpipe.files import write_json
 from flanpipe.templates import CompiledDataset
@@ -183,7 +183,7 @@ def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
     compiled, entry = job.compiled, job.entry
     examples = read_examples(job.spec, split, job.source)
     # JSONL samples and files of its own: values are plain Python already
-    plain = isinstance(job.source, SamplesSource) or isinstance(job.spec.source, FilesSource)
+    plain = isinstance(job.source, SamplesSource) or isinstance(job.spec.source, (FilesSource, HuggingFaceSource))
     bad = BadExamples() if job.settings.bad_examples == "skip" else None
     if split == "train":
         rows, counts = select_train(compiled, examples, seed=job.settings.seed, cap=job.settings.cap, plain=plain,

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flanpipe import files_source, tfds_source
+from flanpipe import files_source, hf_source, tfds_source
 from flanpipe.paths import TEMPLATES_DIR
 from flanpipe.errors import SourceError
-from flanpipe.spec import DatasetSpec, FilesSource, SamplesSource, TfdsDataSource
+from flanpipe.spec import DatasetSpec, FilesSource, HuggingFaceSource, SamplesSource, TfdsDataSource
 
 SAMPLES_DIR = TEMPLATES_DIR / "samples"
 
@@ -62,6 +62,8 @@ def count_examples(spec: DatasetSpec, split: str, source: SamplesSource | TfdsDa
         return 0
     if isinstance(spec.source, FilesSource):
         return files_source.split_size(spec, split)
+    if isinstance(spec.source, HuggingFaceSource):
+        return hf_source.split_size(spec, split)
     if isinstance(source, TfdsDataSource):
         return tfds_source.split_size(spec, split, source.data_dir)
     path = samples_dir_of(source) / spec.name / f"{split}.jsonl"
@@ -77,6 +79,8 @@ def read_examples(spec: DatasetSpec, split: str, source: SamplesSource | TfdsDat
         return
     if isinstance(spec.source, FilesSource):
         yield from files_source.read_split(spec, split)
+    elif isinstance(spec.source, HuggingFaceSource):
+        yield from hf_source.read_split(spec, split)
     elif isinstance(source, TfdsDataSource):
         for index, features in tfds_source.read_split(spec, split, source.data_dir):
             yield example_key(spec, split, index, features), features
@@ -87,8 +91,9 @@ def read_examples(spec: DatasetSpec, split: str, source: SamplesSource | TfdsDat
 def source_fingerprint(spec: DatasetSpec, source: SamplesSource | TfdsDataSource) -> str:
     """A hash that changes whenever the dataset's source examples may have changed."""
     h = hashlib.sha256()
-    if isinstance(spec.source, FilesSource):
-        h.update(files_source.fingerprint(spec).encode())
+    if isinstance(spec.source, (FilesSource, HuggingFaceSource)):
+        own = files_source if isinstance(spec.source, FilesSource) else hf_source
+        h.update(own.fingerprint(spec).encode())
         return h.hexdigest()
     if isinstance(source, TfdsDataSource):
         h.update(tfds_source.fingerprint(spec, source.data_dir).encode())
@@ -125,12 +130,13 @@ def availability(specs: list[DatasetSpec], source: SamplesSource | TfdsDataSourc
     """The state of every dataset in ``specs`` under ``source`` (nothing is read beyond metadata and line counts)."""
     rows = []
     for spec in specs:
-        if isinstance(spec.source, FilesSource):
+        if isinstance(spec.source, (FilesSource, HuggingFaceSource)):
+            kind = "files" if isinstance(spec.source, FilesSource) else "huggingface"
             try:
-                counts = {split: files_source.split_size(spec, split) for split in spec.source.files}
-                rows.append(Availability(spec.name, spec.cluster, "files", True, "files", counts, None, False))
+                counts = {split: count_examples(spec, split, source) for split in spec.source.splits}
+                rows.append(Availability(spec.name, spec.cluster, kind, True, kind, counts, None, False))
             except SourceError as e:
-                rows.append(Availability(spec.name, spec.cluster, "files", False, str(e), {}, None, False))
+                rows.append(Availability(spec.name, spec.cluster, kind, False, str(e), {}, None, False))
             continue
         if isinstance(source, TfdsDataSource):
             s = tfds_source.status(spec, source.data_dir)

@@ -120,14 +120,36 @@ class FilesSource(BaseModel):
         return dict(self.files)
 
 
+class HuggingFaceSource(BaseModel):
+    """A dataset's examples from a Hugging Face ``datasets`` directory (``save_to_disk``), read offline."""
+
+    model_config = _STRICT
+    huggingface: str = Field(min_length=1, description=(
+        "A directory written by DatasetDict.save_to_disk, relative to the dataset file (or absolute)."))
+    splits: dict[SplitName, str] = Field(description=(
+        "Our split -> the saved split, optionally sliced by row: {train: 'train[:-500]', validation: 'train[-500:]'}."))
+    key: str | None = Field(default=None, description="Field path giving a stable example key; None: the row index.")
+
+    @model_validator(mode="after")
+    def _check(self) -> HuggingFaceSource:
+        if "test" not in self.splits:
+            raise ValueError("splits must define 'test' (the split the held-out evaluation reports)")
+        for name, expr in self.splits.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]+(\[-?\d*:-?\d*\])?", expr):
+                raise ValueError(f"split {name!r}: {expr!r} is not a split name with an optional row slice")
+        return self
+
+
 def _source_tag(value: Any) -> str:
     """A dataset source's kind; the tags differ from the YAML keys, so error paths never show them."""
-    files = "files" in value if isinstance(value, dict) else isinstance(value, FilesSource)
-    return "from files" if files else "from tfds"
+    if isinstance(value, dict):
+        return "from files" if "files" in value else "from huggingface" if "huggingface" in value else "from tfds"
+    return {FilesSource: "from files", HuggingFaceSource: "from huggingface"}.get(type(value), "from tfds")
 
 
 DatasetSource = Annotated[
-    Annotated[TfdsSource, Tag("from tfds")] | Annotated[FilesSource, Tag("from files")],
+    Annotated[TfdsSource, Tag("from tfds")] | Annotated[FilesSource, Tag("from files")]
+    | Annotated[HuggingFaceSource, Tag("from huggingface")],
     Discriminator(_source_tag),
 ]
 
@@ -481,6 +503,9 @@ def load_dataset_file(path: str | Path) -> tuple[DatasetSpec, Located]:
         base = Path(path).resolve().parent
         files = {split: _absolute(expr, base) for split, expr in spec.source.files.items()}
         spec = spec.model_copy(update={"source": spec.source.model_copy(update={"files": files})})
+    if isinstance(spec.source, HuggingFaceSource):  # so is the saved directory
+        saved = _absolute(spec.source.huggingface, Path(path).resolve().parent)
+        spec = spec.model_copy(update={"source": spec.source.model_copy(update={"huggingface": saved})})
     return spec, located
 
 
