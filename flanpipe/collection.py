@@ -27,7 +27,7 @@ class Collection:
     def compiled(self, name: str, limits: TemplateLimits | None = None) -> CompiledDataset:
         """The dataset's compiled templates (checked when the collection was loaded)."""
         return CompiledDataset(self.datasets[name], self.marks[name], cluster_title=self.cluster_title(name),
-                               check=False, limits=limits or TemplateLimits())
+                               check=False, limits=limits)
 
     def cluster_title(self, dataset: str) -> str:
         return self.taxonomy.clusters[self.datasets[dataset].cluster].title

@@ -59,10 +59,6 @@ class CompileOptions:
     table_cache_mb: int = 256  # per worker: rendered rows kept while packing
 
 
-def tokenizer_path(plan: Plan) -> Path:
-    return plan.tokenizer
-
-
 def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, DatasetJob]:
     """One picklable job per dataset the plan trains on or evaluates."""
     settings = RenderSettings.of(plan.pipeline)
@@ -113,7 +109,7 @@ def describe_compile(pipeline: str | Path, options: CompileOptions) -> list[str]
     Checks the same inputs as a real compile (pipeline, tokenizer, sources) but writes nothing.
     """
     plan = load_plan(pipeline, templates=options.templates, only=list(options.splits) or None)
-    tokenizer = Tokenizer.from_file(tokenizer_path(plan))
+    tokenizer = Tokenizer.from_file(plan.tokenizer)
     jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
     ctx = _context(plan, storage.resolve(options.out), jobs, options)
     return describe_job(lambda p: build(p, ctx), options.runner, beam_args=options.beam_args)
@@ -131,7 +127,7 @@ def run_compile(pipeline: str | Path, options: CompileOptions, progress: Callabl
         or a leakage violation found in the written output (then no manifest is written).
     """
     plan = load_plan(pipeline, templates=options.templates, only=list(options.splits) or None)
-    tok_path = tokenizer_path(plan)
+    tok_path = plan.tokenizer
     tokenizer = Tokenizer.from_file(tok_path)
     out = storage.resolve(options.out)
     _check_out_dir(out, plan.pipeline.name, options.overwrite)

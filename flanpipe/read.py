@@ -92,11 +92,7 @@ def _encode(compiled: CompiledDataset, key: str, features: dict[str, Any], plain
     """
     try:
         if compiled.filter is not None or bad is not None:
-            try:
-                values = compiled.fields_of(features)
-            except TemplateError as e:
-                raise e.for_example(key) from None
-            if values is None:
+            if compiled.fields_of(features, key=key) is None:
                 return None
         try:
             return json.dumps(compiled.features_used(features, plain=plain), ensure_ascii=False,
@@ -227,10 +223,7 @@ def fields_of(compiled: CompiledDataset, table: pa.Table) -> list[dict[str, Any]
     """The template fields of every example of a stored chunk (the filter kept them all when it was read)."""
     out = []
     for key, text in zip(table.column("key").to_pylist(), table.column("features").to_pylist()):
-        try:
-            values = compiled.fields_of(json.loads(text), plain=True)
-        except TemplateError as e:
-            raise e.for_example(key) from None
+        values = compiled.fields_of(json.loads(text), plain=True, key=key)
         if values is None:  # pragma: no cover - expressions are pure, so the filter agrees with the read
             raise AssertionError(f"{compiled.spec.name}: example {key!r} passed the filter when read, not now")
         out.append(values)

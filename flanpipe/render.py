@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 
 from flanpipe import storage
-from flanpipe.errors import TemplateError
 from flanpipe.fewshot import compose, exemplar_text, pick_exemplars
 from flanpipe.hashing import TEMPLATE, mix64
 from flanpipe.jobs import NUM_TEMPLATES, DatasetJob, RenderSettings
@@ -98,11 +97,8 @@ class Exemplars:
     def _text(self, row: int, template: int) -> tuple[str, int]:
         memo = (row, template)
         if memo not in self._texts:
-            try:
-                r = self.compiled.render(self.values[row], template, mode=self.mode,  # type: ignore[arg-type]
-                                         options_format=self.settings.options_format)
-            except TemplateError as e:
-                raise e.for_example(self.keys[row]) from None
+            r = self.compiled.render(self.values[row], template, mode=self.mode,  # type: ignore[arg-type]
+                                     options_format=self.settings.options_format, key=self.keys[row])
             text = exemplar_text(r.inputs, r.targets, self.fewshot)
             self._texts[memo] = (text, self.count(text))
         return self._texts[memo]
@@ -123,10 +119,8 @@ def render_train(compiled: CompiledDataset, chunk: pa.Table, variant: int, setti
     templates = templates_of(np.asarray(chunk.column("index")), hashes, variant, settings)
     inputs, targets, used, turned = [], [], [], []
     for values, key, h, t in zip(fields_of(compiled, chunk), keys, hashes.tolist(), templates):
-        try:
-            r = compiled.render(values, t, mode=mode, options_format=settings.options_format)  # type: ignore[arg-type]
-        except TemplateError as e:
-            raise e.for_example(key) from None
+        r = compiled.render(values, t, mode=mode, options_format=settings.options_format,  # type: ignore[arg-type]
+                            key=key)
         if shots is not None:
             r = shots.prefix(r, shots.picks(key, h))
         inputs.append(r.inputs)
@@ -159,11 +153,8 @@ def render_eval(compiled: CompiledDataset, split: str, chunk: pa.Table, settings
     for values, key, h in zip(fields_of(compiled, chunk), keys, hashes):
         picks = shots.picks(key, h) if shots is not None else ()
         for t in templates:
-            try:
-                r = compiled.render(values, t, mode=mode,  # type: ignore[arg-type]
-                                    options_format=settings.options_format)
-            except TemplateError as e:
-                raise e.for_example(key) from None
+            r = compiled.render(values, t, mode=mode,  # type: ignore[arg-type]
+                                options_format=settings.options_format, key=key)
             if shots is not None:
                 r = shots.prefix(r, picks)
             answer = r.options.index(r.targets) if r.options else -1

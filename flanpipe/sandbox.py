@@ -278,11 +278,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         text = str(value)
         budget = _budget(context)
         budget.emitted += len(text)
-        limit = self.limits.output_bytes * EMITTED_FACTOR
-        if budget.emitted > limit:
-            raise LimitExceeded("output_bytes", self.limits.output_bytes,
-                                f"text emitted while rendering ({budget.emitted:,} characters, over "
-                                f"{EMITTED_FACTOR}x the limit)")
+        _check_emitted(budget.emitted, self.limits)
         return text
 
     def _concat(self, *parts: Any) -> str:
@@ -437,14 +433,18 @@ def _internal(name: str, args: list[nodes.Expr], lineno: int) -> nodes.Call:
 
 def bounded_concat(pieces: Iterable[str], limits: TemplateLimits) -> str:
     """A template's top-level output joined, counting it as it arrives (see ``_Bound``)."""
-    parts, total, limit = [], 0, limits.output_bytes * EMITTED_FACTOR
+    parts, total = [], 0
     for piece in pieces:
         total += len(piece)
-        if total > limit:
-            raise LimitExceeded("output_bytes", limits.output_bytes,
-                                f"text emitted while rendering ({total:,} characters, over {EMITTED_FACTOR}x the limit)")
+        _check_emitted(total, limits)
         parts.append(piece)
     return "".join(parts)
+
+
+def _check_emitted(total: int, limits: TemplateLimits) -> None:
+    if total > limits.output_bytes * EMITTED_FACTOR:
+        raise LimitExceeded("output_bytes", limits.output_bytes,
+                            f"text emitted while rendering ({total:,} characters, over {EMITTED_FACTOR}x the limit)")
 
 
 def template_line(tb: Any) -> int | None:

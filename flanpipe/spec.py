@@ -52,6 +52,11 @@ FieldSpec = Annotated[
 ]
 
 
+def _require_test(splits: dict[str, str], name: str) -> None:
+    if "test" not in splits:
+        raise ValueError(f"{name} must define 'test' (the split the held-out evaluation reports)")
+
+
 class TfdsSource(BaseModel):
     """Where a dataset's examples come from in TensorFlow Datasets, and how its splits are sliced."""
 
@@ -70,8 +75,7 @@ class TfdsSource(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TfdsSource:
-        if "test" not in self.splits:
-            raise ValueError("splits must define 'test' (the split the held-out evaluation reports)")
+        _require_test(self.splits, "splits")
         for name, expr in self.splits.items():
             if not re.fullmatch(r"[A-Za-z0-9_]+(\[-?\d*%?:?-?\d*%?\])?", expr):
                 raise ValueError(f"split {name!r}: {expr!r} is not a TFDS split slice like 'train[:30000]'")
@@ -110,8 +114,7 @@ class FilesSource(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> FilesSource:
-        if "test" not in self.files:
-            raise ValueError("files must define 'test' (the split the held-out evaluation reports)")
+        _require_test(self.files, "files")
         return self
 
     @property
@@ -132,8 +135,7 @@ class HuggingFaceSource(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> HuggingFaceSource:
-        if "test" not in self.splits:
-            raise ValueError("splits must define 'test' (the split the held-out evaluation reports)")
+        _require_test(self.splits, "splits")
         for name, expr in self.splits.items():
             if not re.fullmatch(r"[A-Za-z0-9_.\-]+(\[-?\d*:-?\d*\])?", expr):
                 raise ValueError(f"split {name!r}: {expr!r} is not a split name with an optional row slice")

@@ -191,15 +191,22 @@ class CompiledDataset:
             return {name: features[name] for name in self._top_features if name in features}
         return {name: to_python(features[name]) for name in self._top_features if name in features}
 
-    def fields_of(self, features: Mapping[str, Any], *, plain: bool = False) -> dict[str, Any] | None:
+    def fields_of(self, features: Mapping[str, Any], *, plain: bool = False, key: str | None = None
+                  ) -> dict[str, Any] | None:
         """Compute the template variables of one source example; None when the filter drops it.
 
         ``plain``: the features are already plain Python (e.g. decoded JSON), so TFDS values
-        need no conversion.
+        need no conversion. ``key``: the example's key, named by any error.
 
         Raises:
           TemplateError: a feature is missing, an expression fails, or the answer index is out of range.
         """
+        try:
+            return self._fields_of(features, plain)
+        except TemplateError as e:
+            raise (e if key is None else e.for_example(key)) from None
+
+    def _fields_of(self, features: Mapping[str, Any], plain: bool) -> dict[str, Any] | None:
         values: dict[str, Any] = {}
         # One scope (globals + the fields so far) and one context serve every expression of
         # the example: building a Jinja context costs more than evaluating a short expression.
@@ -259,8 +266,17 @@ class CompiledDataset:
         *,
         mode: Mode = "natural",
         options_format: OptionsFormat = DEFAULT_OPTIONS_FORMAT,
+        key: str | None = None,
     ) -> Rendered:
-        """Render one example's fields with template ``template`` (ignored outside 'natural' mode)."""
+        """Render one example's fields with template ``template`` (ignored outside 'natural' mode); ``key``: the
+        example's key, named by any error."""
+        try:
+            return self._render(values, template, mode, options_format)
+        except TemplateError as e:
+            raise (e if key is None else e.for_example(key)) from None
+
+    def _render(self, values: Mapping[str, Any], template: int, mode: Mode, options_format: OptionsFormat
+                ) -> Rendered:
         options: tuple[str, ...] = tuple(values["options"]) if self.spec.kind == "classification" else ()
         if mode == "natural":
             spec_t = self.spec.templates[template]

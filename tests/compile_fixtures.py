@@ -57,10 +57,10 @@ def compile_world(root: Path, out: str = "out", *, watch: Any = None, **options:
 
 def world_jobs(root: Path, cache: str = "cache") -> tuple[Any, dict[str, Any], Any]:
     """The world's plan, its per-dataset jobs (store under ``root/cache``) and the job context (output ``root/out``)."""
-    from flanpipe.compiler import _context, dataset_jobs, tokenizer_path
+    from flanpipe.compiler import _context, dataset_jobs
     from flanpipe.plan import load_plan
     from flanpipe.tokenizer import Tokenizer
 
     plan = load_plan(root / "pipeline.yaml", templates=root / "templates")
-    jobs = dataset_jobs(plan, Tokenizer.from_file(tokenizer_path(plan)), str(root / cache))
+    jobs = dataset_jobs(plan, Tokenizer.from_file(plan.tokenizer), str(root / cache))
     return plan, jobs, _context(plan, str(root / "out"), jobs, CompileOptions(out=str(root / "out")))
