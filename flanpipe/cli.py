@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flanpipe import preview, validate as validation
-from flanpipe.audit import AuditSettings, audit_table, run_audit
+from flanpipe.audit import AuditSettings, Columns, NearSettings, audit_table, is_output, run_audit
 from flanpipe.collection import TEMPLATES_DIR, load_collection
-from flanpipe.errors import CompileError
+from flanpipe.errors import AuditError, CompileError
 from flanpipe.compiler import DEFAULT_CACHE, CompileOptions, describe_compile, run_compile
 from flanpipe.plan import load_plan
 from flanpipe.progress import Snapshot
@@ -301,17 +301,58 @@ def verify(out: Annotated[str, typer.Argument(help="A compiled output directory 
     console.print(f"[green]✓[/] {out}: every checksum matches, no leakage")
 
 
+_FILES_ONLY = "files only"
+
+
 @app.command()
-def audit(out: Annotated[Path, typer.Argument(help="A compiled output directory.")],
+def audit(target: Annotated[str, typer.Argument(help="A compiled output directory, or JSONL/Parquet/CSV files of rows "
+                                                     "(a path or a quoted glob).")],
           html: Annotated[Optional[Path], typer.Option(help="Write the self-contained HTML report here.")] = None,
           json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the audit JSON here.")] = None,
           error: Annotated[Optional[list[str]], typer.Option(help="Also fail on this rule (repeatable).")] = None,
           allow: Annotated[Optional[list[str]], typer.Option(help="Do not fail on this rule (repeatable).")] = None,
-          ngram: Annotated[int, typer.Option(help="Words per contamination n-gram.")] = 13) -> None:
-    """Statistics, lint, leakage and n-gram contamination of a compiled output; exit 1 if an error rule fires."""
+          ngram: Annotated[int, typer.Option(help="Words per contamination n-gram.")] = 13,
+          inputs: Annotated[Optional[str], typer.Option(help="Files: the field holding the input.",
+                                                        rich_help_panel=_FILES_ONLY)] = None,
+          targets: Annotated[Optional[str], typer.Option(help="Files: the field holding the target.",
+                                                         rich_help_panel=_FILES_ONLY)] = None,
+          options: Annotated[Optional[str], typer.Option(help="Files: a field holding the answer options (a list).",
+                                                         rich_help_panel=_FILES_ONLY)] = None,
+          dataset: Annotated[Optional[str], typer.Option(help="Files: a field naming each row's dataset (default: "
+                                                              "the file name).", rich_help_panel=_FILES_ONLY)] = None,
+          template: Annotated[Optional[str], typer.Option(help="Files: a field naming each row's template.",
+                                                          rich_help_panel=_FILES_ONLY)] = None,
+          key: Annotated[Optional[str], typer.Option(help="Files: a field giving each row's key (default: "
+                                                          "file:line).", rich_help_panel=_FILES_ONLY)] = None,
+          file_format: Annotated[Optional[str], typer.Option("--format", help="Files: jsonl, parquet or csv (default: "
+                                                                              "from the extension).",
+                                                             rich_help_panel=_FILES_ONLY)] = None,
+          against: Annotated[Optional[Path], typer.Option(help="Files: compare with this compiled output's eval sets "
+                                                               "(default: the bundled collection's).",
+                                                          rich_help_panel=_FILES_ONLY)] = None,
+          near_threshold: Annotated[float, typer.Option(help="Files: near-duplicate similarity threshold (0-1].",
+                                                        rich_help_panel=_FILES_ONLY)] = 0.8) -> None:
+    """Statistics, lint, leakage and n-gram contamination of a compiled output, or of instruction rows in files
+    (plus near-duplicates); exit 1 if an error rule fires."""
+    file_flags = {"--inputs": inputs, "--targets": targets, "--options": options, "--dataset": dataset,
+                  "--template": template, "--key": key, "--format": file_format, "--against": against}
     try:
-        document = run_audit(out, AuditSettings.of(errors=error, allowed=allow, ngram=ngram), html=html,
-                             json_path=json_out, progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
+        settings = AuditSettings.of(errors=error, allowed=allow, ngram=ngram)
+        columns = None
+        if is_output(target):
+            given = [flag for flag, value in file_flags.items() if value is not None]
+            if given:
+                raise AuditError(f"{target} is a compiled output directory: {', '.join(given)} apply to files only")
+        else:
+            if file_format is not None and file_format not in ("jsonl", "parquet", "csv"):
+                raise AuditError(f"--format: expected jsonl, parquet or csv, got {file_format!r}")
+            if not 0 < near_threshold <= 1:
+                raise AuditError(f"--near-threshold: expected a value in (0, 1], got {near_threshold}")
+            columns = Columns(inputs=inputs or "inputs", targets=targets or "targets", options=options,
+                              dataset=dataset, template=template, key=key, format=file_format)
+        document = run_audit(target, settings, html=html, json_path=json_out, columns=columns, against=against,
+                             near=NearSettings(threshold=near_threshold),
+                             progress=lambda msg: err_console.print(f"[dim]{msg}[/]"))
     except CompileError as e:
         _fail(e)
     console.print(audit_table(document))

@@ -45,10 +45,16 @@ def _parse(spec: DatasetSpec, split: str) -> tuple[str, int | None, int | None]:
 def matched(spec: DatasetSpec, split: str) -> list[str]:
     """The files of a split, in name order (SourceError when the pattern matches none)."""
     pattern, _, _ = _parse(spec, split)
-    fs, path = storage.filesystem(pattern)
-    names = sorted(fs.glob(path)) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
+    names = glob_files(pattern)
     if not names:
         raise SourceError(f"{_what(spec)}: files.{split}: {pattern} matches no file")
+    return names
+
+
+def glob_files(pattern: str) -> list[str]:
+    """The files a path or glob (local or fsspec URL) names, in name order; [] when none."""
+    fs, path = storage.filesystem(pattern)
+    names = sorted(fs.glob(path)) if any(c in path for c in "*?[") else ([path] if fs.isfile(path) else [])
     protocol = pattern.split("://", 1)[0] + "://" if "://" in pattern else ""
     return [n if n.startswith(protocol) else protocol + n for n in names]
 
@@ -57,16 +63,26 @@ def _format(spec: DatasetSpec, url: str) -> str:
     declared = _source(spec).format
     if declared:
         return declared
-    suffix = PurePosixPath(url).suffix.lower()
-    if suffix not in FORMATS:
+    fmt = format_of(url)
+    if fmt is None:
+        suffix = PurePosixPath(url).suffix.lower()
         raise SourceError(f"{_what(spec)}: {url}: cannot tell the format from {suffix or 'no extension'!r}; "
                           f"set source.format to jsonl, parquet or csv")
-    return FORMATS[suffix]
+    return fmt
 
 
 def _rows(spec: DatasetSpec, url: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line or row number from 1, record) of one file."""
-    fmt = _format(spec, url)
+    """(line or row number from 1, record) of one file of a dataset."""
+    yield from file_rows(url, _format(spec, url))
+
+
+def format_of(url: str) -> str | None:
+    """The format a file's extension names (jsonl, parquet, csv), or None."""
+    return FORMATS.get(PurePosixPath(url).suffix.lower())
+
+
+def file_rows(url: str, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line or row number from 1, record) of one JSONL, Parquet or CSV file (local path or fsspec URL)."""
     if fmt == "parquet":
         with storage.open_file(url) as f:
             number = 0

@@ -137,7 +137,10 @@ def test_cli_exit_code_gates_on_error_rules(tmp_path: Path):
     unknown = _cli(str(clean), "--error", "dupes")
     assert unknown.exit_code == 1 and "unknown audit rule 'dupes'" in unknown.output
     missing = _cli(str(tmp_path / "nowhere"))
-    assert missing.exit_code == 1 and "not a complete flanpipe output" in missing.output
+    assert missing.exit_code == 1 and "no such file" in missing.output
+    (tmp_path / "empty").mkdir()
+    empty = _cli(str(tmp_path / "empty"))
+    assert empty.exit_code == 1 and "not a complete flanpipe output" in empty.output
 
 
 def test_settings_validate_rule_names():

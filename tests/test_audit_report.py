@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from matplotlib import image
 
+from flanpipe.audit import audit_files
+from flanpipe.audit.files_report import render_files_html
 from flanpipe.audit.report import PLANNED, REALIZED, render_html
+from flanpipe.audit.rows import Columns
 
 from audit_fixtures import audited
 from conftest import missing_tool
@@ -81,6 +84,26 @@ def test_report_opens_in_chromium_without_console_errors(report, tmp_path):
     result = json.loads(found.group(1).replace("&quot;", '"'))
     assert result["errors"] == [] and result["sorted"] >= 20
     assert result["svgs"] == result["drawn"] >= 7  # every plot has a rendered size
+
+
+@needs_chromium
+def test_files_report_opens_in_chromium_without_console_errors(tmp_path):
+    rows = [{"q": f"Question {i}: " + " ".join(f"w{(i * 7 + j) % 97}" for j in range(30)), "a": f"answer {i % 5}"}
+            for i in range(80)]
+    rows.append({**rows[4], "q": rows[4]["q"] + " extra"})  # a near-duplicate
+    rows.append({"q": "Tell me \x07", "a": ""})  # a control character and an empty target
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = tmp_path / "files.html"
+    page.write_text(render_files_html(audit_files(str(data), Columns(inputs="q", targets="a"))), encoding="utf-8")
+    text = page.read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text, re.I) and "\u27e8U+0007\u27e9" in text
+    run = _chromium(tmp_path, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
+                    page.as_uri() + "#selftest")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert [line for line in run.stderr.splitlines() if ":CONSOLE" in line] == []
+    result = json.loads(re.search(r'data-selftest="([^"]*)"', run.stdout).group(1).replace("&quot;", '"'))
+    assert result["errors"] == [] and result["sorted"] >= 10 and result["svgs"] == result["drawn"] >= 2
 
 
 @needs_chromium

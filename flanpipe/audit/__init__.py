@@ -1,4 +1,5 @@
-"""`flanpipe audit`: statistics, lint, leakage and contamination of a compiled output, as JSON and an HTML report."""
+"""`flanpipe audit`: statistics, lint, leakage and contamination of a compiled output or of instruction files,
+as JSON and an HTML report."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from flanpipe.audit.contamination import RULES as CONTAMINATION_RULES
 from flanpipe.audit.contamination import Contamination, EvalSet, held_out_check
 from flanpipe.audit.lint import RULES as LINT_RULES
 from flanpipe.audit.lint import Lint, LintSettings
+from flanpipe.audit.near_duplicates import RULES as NEAR_RULES
+from flanpipe.audit.near_duplicates import NearSettings
+from flanpipe.audit.rows import Columns, scan_files
+from flanpipe.audit.rows import totals as file_totals
 from flanpipe.audit.stats import SplitStats, sequence_length
 from flanpipe.errors import AuditError, OutputError, did_you_mean
 from flanpipe.manifest import SplitManifest, TopManifest
@@ -27,7 +32,7 @@ from flanpipe.spec import OptionsFormat
 from flanpipe.templates import DEFAULT_OPTIONS_FORMAT
 
 FORMAT = "flanpipe-audit/1"
-RULES = {**LINT_RULES, **CONTAMINATION_RULES}
+RULES = {**LINT_RULES, **CONTAMINATION_RULES, **NEAR_RULES}
 DEFAULT_ERRORS = frozenset(name for name, rule in RULES.items() if rule.severity == "error")
 _EXAMPLE_KEYS = ("split", "source", "example_key", "variant", "template", "inputs", "targets", "note")
 _TEXT_COLUMNS = ["dataset", "cluster", "example_key", "variant", "template", "turned", "inputs", "targets"]
@@ -118,11 +123,7 @@ def audit_output(out: str | Path, settings: AuditSettings = AuditSettings(),
         splits[name] = split_result
         for key, value in (("ngrams", scan.ngrams), ("examples", scan.examples), ("seconds", scan.seconds)):
             scanned[key] += value
-    findings = lint.findings() + _split_findings(splits, settings.ngram)
-    for f in findings:
-        f["severity"] = "error" if f["rule"] in settings.errors else "warning"
-    findings.sort(key=lambda f: (f["severity"] != "error", f["rule"], f["dataset"], f["source"],
-                                 -1 if f["template"] is None else f["template"]))
+    findings = _judged(lint.findings() + _split_findings(splits, settings.ngram), settings)
     document = {
         "format": FORMAT, "directory": str(out.resolve()),
         "pipeline": {k: manifest.get("pipeline", {}).get(k) for k in ("name", "hash")},
@@ -131,7 +132,8 @@ def audit_output(out: str | Path, settings: AuditSettings = AuditSettings(),
                      "options_format": fmt.model_dump()},
         "splits": splits,
         "datasets": _datasets(clusters, splits, lint),
-        "lint": {"rules": _rule_table(findings, settings), "findings": findings},
+        "lint": {"rules": _rule_table(findings, settings, {k: v for k, v in RULES.items() if k not in NEAR_RULES}),
+                 "findings": findings},
         "contamination": {"n": settings.ngram, "ngrams_scanned": scanned["ngrams"],
                           "examples_scanned": scanned["examples"], "seconds": round(scanned["seconds"], 3),
                           "ngrams_per_second": round(scanned["ngrams"] / scanned["seconds"]) if scanned["seconds"]
@@ -142,20 +144,51 @@ def audit_output(out: str | Path, settings: AuditSettings = AuditSettings(),
     return document
 
 
+def audit_files(pattern: str, columns: Columns, settings: AuditSettings = AuditSettings(), *,
+                against: Path | None = None, near: NearSettings = NearSettings(),
+                progress: Callable[[str], None] = lambda msg: None, **kwargs: Any) -> dict[str, Any]:
+    """Audit instruction rows in JSONL/Parquet/CSV files (a path or glob); returns the audit document
+    described in docs/audit.md ("Files"). ``kwargs`` go to ``rows.scan_files`` (e.g. ``templates``).
+
+    Raises:
+      AuditError: no file, a row without the named columns, or an unusable ``against`` directory.
+    """
+    document = scan_files(pattern, columns, settings, against=against, near=near, progress=progress, **kwargs)
+    findings = _judged(document["lint"]["findings"], settings)
+    # a file has no held-out clusters: that rule does not apply
+    rules = {name: rule for name, rule in RULES.items() if name not in CONTAMINATION_RULES or name == "contamination"}
+    document["lint"] = {"rules": _rule_table(findings, settings, rules), "findings": findings}
+    document["totals"] = file_totals(document)
+    document["status"] = _status(findings, settings)
+    return document
+
+
+def is_output(target: str | Path) -> bool:
+    """Whether ``target`` is a directory written by ``flanpipe compile`` (else it names files to audit)."""
+    return Path(target).is_dir()
+
+
 def run_audit(out: str | Path, settings: AuditSettings, *, html: Path | None = None, json_path: Path | None = None,
-              progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """Audit ``out`` and write the JSON document and the HTML report where asked; returns the document."""
+              progress: Callable[[str], None] = lambda msg: None, columns: Columns | None = None,
+              against: Path | None = None, near: NearSettings = NearSettings()) -> dict[str, Any]:
+    """Audit ``out`` (a compiled output directory, or with ``columns`` files of rows) and write the JSON
+    document and the HTML report where asked; returns the document."""
     start = time.perf_counter()
-    document = audit_output(out, settings, progress)
+    if columns is not None:
+        document = audit_files(str(out), columns, settings, against=against, near=near, progress=progress)
+    else:
+        document = audit_output(out, settings, progress)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
     if html is not None:
         # matplotlib is heavy: imported only when a report is asked for, not by every CLI start
+        from flanpipe.audit.files_report import render_files_html
         from flanpipe.audit.report import render_html
         progress("rendering the HTML report")
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(render_html(document), encoding="utf-8")
+        render = render_files_html if document.get("kind") == "files" else render_html
+        html.write_text(render(document), encoding="utf-8")
     progress(f"audit finished in {time.perf_counter() - start:.1f}s")
     return document
 
@@ -175,6 +208,14 @@ def audit_table(document: dict[str, Any]) -> Table:
     if not fired:
         table.add_row("(no rule fired)", "", "", "", "")
     return table
+
+
+def _judged(findings: list[dict[str, Any]], settings: AuditSettings) -> list[dict[str, Any]]:
+    """Findings with their severity under ``settings``, errors first."""
+    for f in findings:
+        f["severity"] = "error" if f["rule"] in settings.errors else "warning"
+    return sorted(findings, key=lambda f: (f["severity"] != "error", f["rule"], f["dataset"], f["source"],
+                                           -1 if f["template"] is None else f["template"]))
 
 
 def _read_manifest(path: Path, model: type[TopManifest] | type[SplitManifest]) -> dict[str, Any]:
@@ -226,9 +267,10 @@ def _datasets(clusters: dict[str, str], splits: dict[str, Any], lint: Lint) -> d
                 "samples": samples.get(d, {})} for d in names}
 
 
-def _rule_table(findings: list[dict[str, Any]], settings: AuditSettings) -> dict[str, Any]:
+def _rule_table(findings: list[dict[str, Any]], settings: AuditSettings, rules: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
     table = {}
-    for name, rule in sorted(RULES.items()):
+    for name, rule in sorted((RULES if rules is None else rules).items()):
         mine = [f for f in findings if f["rule"] == name]
         table[name] = {"severity": "error" if name in settings.errors else "warning",
                        "description": rule.description, "findings": len(mine),

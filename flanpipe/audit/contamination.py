@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ _SEPARATORS = r"[^\p{L}\p{N}]+"
 _PRIME = np.uint64(0x100000001B3)
 _PREFIX_BITS = 24
 MAX_MATCHES = 20  # matched n-grams listed per eval set; the id lists are always complete
+MAX_KEYS = 100  # keys listed of the train rows that carry an eval n-gram (the count is complete)
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,23 @@ def word_hashes(words: pa.Array) -> np.ndarray:
 def ngram_hashes(texts: pa.Array | pa.ChunkedArray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(hash, text index, first word index) of every word n-gram of each text; n-grams never span two texts.
 
-    A polynomial rolling hash over the word hashes, all n-grams of the batch at once (n vector passes).
-
     Example:
       >>> h, doc, start = ngram_hashes(pa.array(["a b c", "d"]), 2)
       >>> doc.tolist(), start.tolist()
       ([0, 0], [0, 1])
     """
+    return roll(*text_words(texts), n)
+
+
+def text_words(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(hash of each word, index of the text it is in) of a batch of texts, words in order."""
     w = Words.of(texts)
-    h = word_hashes(w.words)
+    return word_hashes(w.words), w.doc
+
+
+def roll(h: np.ndarray, doc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ngram_hashes`` from ``text_words``: a polynomial rolling hash over the word hashes, all n-grams at
+    once (n vector passes), so one word split serves several n-gram sizes."""
     m = len(h) - n + 1
     if m <= 0:
         empty = np.zeros(0, np.int64)
@@ -78,8 +88,8 @@ def ngram_hashes(texts: pa.Array | pa.ChunkedArray, n: int) -> tuple[np.ndarray,
         g *= _PRIME
         g += h[i:i + m]
     g ^= g >> np.uint64(29)
-    valid = w.doc[:m] == w.doc[n - 1:]
-    return g[valid], w.doc[:m][valid], np.flatnonzero(valid)
+    valid = doc[:m] == doc[n - 1:]
+    return g[valid], doc[:m][valid], np.flatnonzero(valid)
 
 
 @dataclass
@@ -105,8 +115,7 @@ class EvalSet:
         ids = list(dict.fromkeys(keys))
         index = {k: i for i, k in enumerate(ids)}
         row_owner = np.array([index[k] for k in keys], np.int64)
-        texts = pa.concat_arrays([table["inputs"].combine_chunks(), table["targets"].combine_chunks()])
-        g, doc, _ = ngram_hashes(texts, n)
+        g, doc, _ = ngram_hashes(pair_texts(table), n)
         owner = row_owner[doc % max(len(keys), 1)] if len(keys) else np.zeros(0, np.int64)
         order = np.lexsort((owner, g))
         g, owner = g[order], owner[order]
@@ -117,6 +126,11 @@ class EvalSet:
         common = distinct[counts >= max(3, math.ceil(boilerplate_share * len(ids)))]
         content = ~np.isin(g, common)
         return cls(dataset, table, ids, g[content], owner[content], len(common))
+
+
+def pair_texts(batch: pa.Table) -> pa.Array:
+    """A batch's inputs then its targets, as one array (text ``i`` and ``i + rows`` are row ``i``'s)."""
+    return pa.concat_arrays([batch["inputs"].combine_chunks(), batch["targets"].combine_chunks()])
 
 
 class Contamination:
@@ -132,6 +146,8 @@ class Contamination:
         self.prefix = np.zeros(1 << _PREFIX_BITS, bool)
         self.prefix[self.index >> np.uint64(64 - _PREFIX_BITS)] = True
         self.source: dict[int, tuple[str, str]] = {}  # index position -> first train (dataset, example key)
+        self.dirty: Counter[str] = Counter()  # train rows carrying an eval n-gram, per dataset
+        self.dirty_keys: dict[str, list[str]] = {}  # the first MAX_KEYS of them
         self.ngrams = self.examples = 0
         self.seconds = 0.0
 
@@ -140,26 +156,43 @@ class Contamination:
         start = time.perf_counter()
         for offset in range(0, table.num_rows, self.batch_rows):
             batch = table.slice(offset, self.batch_rows)
-            rows = batch.num_rows
-            self.examples += rows
-            texts = pa.concat_arrays([batch["inputs"].combine_chunks(), batch["targets"].combine_chunks()])
-            g, doc, _ = ngram_hashes(texts, self.n)
-            self.ngrams += len(g)
-            if not len(self.index) or not len(g):
-                continue
+            self._scan(batch, *text_words(pair_texts(batch)))
+        self.seconds += time.perf_counter() - start
+
+    def scan_words(self, batch: pa.Table, h: np.ndarray, doc: np.ndarray) -> None:
+        """One batch whose words are already split: ``text_words(pair_texts(batch))``."""
+        start = time.perf_counter()
+        self._scan(batch, h, doc)
+        self.seconds += time.perf_counter() - start
+
+    def _scan(self, batch: pa.Table, h: np.ndarray, doc: np.ndarray) -> None:
+        rows = batch.num_rows
+        self.examples += rows
+        g, doc, _ = roll(h, doc, self.n)
+        self.ngrams += len(g)
+        if len(self.index) and len(g):
             candidate = self.prefix[g >> np.uint64(64 - _PREFIX_BITS)]
             g, doc = g[candidate], doc[candidate]
             pos = np.minimum(np.searchsorted(self.index, g), len(self.index) - 1)
             found = self.index[pos] == g
             if not found.any():
-                continue
+                return
             first_pos, first_at = np.unique(pos[found], return_index=True)
             new = ~self.hit[first_pos]
             datasets, keys = batch["dataset"], batch["example_key"]
+            for d in np.unique(doc[found] % rows).tolist():
+                dataset = datasets[d].as_py()
+                self.dirty[dataset] += 1
+                listed = self.dirty_keys.setdefault(dataset, [])
+                if len(listed) < MAX_KEYS:
+                    listed.append(keys[d].as_py())
             for p, d in zip(first_pos[new].tolist(), (doc[found][first_at][new] % rows).tolist()):
                 self.source[p] = (datasets[d].as_py(), keys[d].as_py())
             self.hit[first_pos] = True
-        self.seconds += time.perf_counter() - start
+
+    def dirty_rows(self) -> dict[str, dict[str, Any]]:
+        """Per train dataset: rows carrying at least one eval n-gram, and the first MAX_KEYS of their keys."""
+        return {d: {"rows": n, "keys": self.dirty_keys[d]} for d, n in sorted(self.dirty.items())}
 
     def result(self, split: str) -> dict[str, dict[str, Any]]:
         """Per eval set: examples, dirty/clean counts and share, the id lists and a few matched n-grams."""

@@ -138,7 +138,8 @@ class Lint:
         self.groups: dict[tuple[str, str], _Group] = {}
 
     def add_rows(self, rows: Iterable[Mapping[str, Any]], *, split: str, source: str) -> None:
-        """Rows of examples/*.parquet (source "train") or eval/<dataset>.parquet (source "eval").
+        """Rows of examples/*.parquet (source "train"), eval/<dataset>.parquet (source "eval") or audited files
+        (source "file").
 
         Each row must come once: pass a dataset's train rows from one split and each eval set once
         (``audit_output`` picks, per dataset, the split whose mixture holds the most of its rows).
@@ -149,7 +150,7 @@ class Lint:
             if group is None:
                 group = self.groups[(dataset, source)] = _Group(dataset, source, self.settings.examples)
             variant = r.get("variant", 0) or 0
-            self._row(group, r, split if source == "train" else r["split"], variant)
+            self._row(group, r, r["split"] if source == "eval" else split, variant)
 
     def _row(self, g: _Group, r: Mapping[str, Any], split: str, variant: int) -> None:
         key, template, turned = r["example_key"], int(r["template"]), bool(r["turned"])

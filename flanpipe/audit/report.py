@@ -188,7 +188,6 @@ def template_plot(doc: dict[str, Any]) -> str:
     return svg(fig, "templates")
 
 
-@_styled
 def contamination_plot(doc: dict[str, Any]) -> str:
     """Share of each held-out eval set's examples that share an n-gram with the split's train mixture."""
     labels, shares = [], []
@@ -196,13 +195,35 @@ def contamination_plot(doc: dict[str, Any]) -> str:
         for d, c in s["contamination"].items():
             labels.append(f"{d} ({name})")
             shares.append(c["dirty_share"])
+    return dirty_plot(labels, shares, f"dirty share ({doc['contamination']['n']}-gram overlap with the train mixture)")
+
+
+@_styled
+def dirty_plot(labels: Sequence[str], shares: Sequence[float], xlabel: str) -> str:
+    """Horizontal bars of dirty shares, red where above 0."""
     fig, (ax,) = _figure(11, max(1.6, 0.28 * len(labels) + 1.0))
     ax.barh(range(len(labels)), shares, color=[ACCENT if v else REALIZED for v in shares])
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlim(0, max([0.05, *shares]) * 1.1)
-    ax.set_xlabel(f"dirty share ({doc['contamination']['n']}-gram overlap with the train mixture)")
+    ax.set_xlabel(xlabel)
     return svg(fig, "contamination")
+
+
+@_styled
+def histogram_plot(name: str, histograms: Sequence[tuple[str, dict[str, Any]]], xlabel: str) -> str:
+    """One step histogram per (label, distribution with a histogram), on shared axes."""
+    fig, (ax,) = _figure(10, 3.2)
+    for label, dist in histograms:
+        h = dist.get("histogram")
+        if h:
+            ax.stairs(h["counts"], h["edges"], label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("rows")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if histograms:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return svg(fig, name)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: Iterable[int] = ()) -> str:
@@ -223,12 +244,19 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: Ite
     return "".join(out)
 
 
-def _figure_html(markup: str, caption: str) -> str:
+def figure_html(markup: str, caption: str) -> str:
     return f"<figure>{markup}<figcaption>{esc(caption)}</figcaption></figure>"
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name)
+
+
+def cards_html(cards: Sequence[tuple[str, Any, str]]) -> str:
+    """A row of headline cards: (label, value, "bad" | "good" | "")."""
+    return "<div class=\"cards\">" + "".join(
+        f"<div class=\"card {cls}\"><div class=\"v\">{esc(v)}</div><div class=\"k\">{esc(k)}</div></div>"
+        for k, v, cls in cards) + "</div>"
 
 
 def _cards(doc: dict[str, Any]) -> str:
@@ -243,12 +271,10 @@ def _cards(doc: dict[str, Any]) -> str:
              ("warning findings", t["findings"]["warning"], ""),
              ("dirty eval examples", f"{t['dirty_eval_examples']:,} ({t['dirty_share']:.1%})",
               "bad" if t["dirty_eval_examples"] else "good")]
-    return "<div class=\"cards\">" + "".join(
-        f"<div class=\"card {cls}\"><div class=\"v\">{esc(v)}</div><div class=\"k\">{esc(k)}</div></div>"
-        for k, v, cls in cards) + "</div>"
+    return cards_html(cards)
 
 
-def _example(e: dict[str, Any]) -> str:
+def example_html(e: dict[str, Any]) -> str:
     head = (f"{e.get('source', '')} {e.get('split', '')} · {e.get('example_key', '')} · template "
             f"{e.get('template', '')}" + (f" · variant {e['variant']}" if e.get("variant") else ""))
     note = f" · <b>{esc(e['note'])}</b>" if e.get("note") else ""
@@ -276,7 +302,7 @@ def _splits_section(doc: dict[str, Any]) -> list[str]:
         if s["manifest_mismatches"]:
             parts.append("<p class=\"error\">data disagrees with the manifest: "
                          + esc("; ".join(s["manifest_mismatches"])) + "</p>")
-        parts.append(_figure_html(composition_plot(name, s), f"{name}: examples planned (grey) vs realized (blue)"))
+        parts.append(figure_html(composition_plot(name, s), f"{name}: examples planned (grey) vs realized (blue)"))
         parts.append(table(["dataset", "cluster", "available", "planned", "realized", "planned rate",
                             "realized rate", "input tokens p50", "input tokens p99", "target tokens p50",
                             "target tokens p99", "inputs truncated", "targets cut", "turned share",
@@ -287,7 +313,7 @@ def _splits_section(doc: dict[str, Any]) -> list[str]:
                              v["target_truncated"], v["turned_share"],
                              v["options"]["majority_share"] if v["options"] else None)
                             for d, v in s["datasets"].items()], numeric=range(2, 15)))
-        parts.append(_figure_html(lengths_plot(name, s), f"{name}: token lengths after truncation"))
+        parts.append(figure_html(lengths_plot(name, s), f"{name}: token lengths after truncation"))
         cut = {d: v["truncated_targets"] for d, v in s["datasets"].items() if v["truncated_targets"]}
         if cut:
             parts.append("<details><summary>examples whose target was cut</summary>" + table(
@@ -308,7 +334,7 @@ def _splits_section(doc: dict[str, Any]) -> list[str]:
     return parts
 
 
-def _lint_section(doc: dict[str, Any]) -> list[str]:
+def lint_section(doc: dict[str, Any]) -> list[str]:
     lint = doc["lint"]
     parts = ["<h2 id=\"lint\">Lint</h2>",
              table(["rule", "severity", "findings", "rows", "datasets", "what it checks"],
@@ -324,7 +350,7 @@ def _lint_section(doc: dict[str, Any]) -> list[str]:
                                                    else "") + ")"
         parts.append(f"<details><summary><span class=\"{esc(f['severity'])}\">{esc(f['severity'])}</span> "
                      f"{esc(f['rule'])} · {esc(where)}: {esc(f['message'])}</summary>"
-                     + "".join(_example(e) for e in f["examples"]) + "</details>")
+                     + "".join(example_html(e) for e in f["examples"]) + "</details>")
     return parts
 
 
@@ -340,7 +366,7 @@ def _contamination_section(doc: dict[str, Any]) -> list[str]:
              v["matches"][0]["ngram"] if v["matches"] else "")
             for name, s in doc["splits"].items() for d, v in s["contamination"].items()]
     if rows:
-        parts.append(_figure_html(contamination_plot(doc), "dirty share of each held-out eval set"))
+        parts.append(figure_html(contamination_plot(doc), "dirty share of each held-out eval set"))
         parts.append(table(["split", "eval set", "examples", "dirty", "clean", "dirty share", "template n-grams "
                             "ignored", "first matching n-gram"], rows, numeric=range(2, 7)))
     parts.append(table(["split", "clusters held out", "clusters in train", "held-out check"],
@@ -352,7 +378,7 @@ def _contamination_section(doc: dict[str, Any]) -> list[str]:
 
 
 def _datasets_section(doc: dict[str, Any]) -> list[str]:
-    parts = ["<h2 id=\"templates\">Templates</h2>", _figure_html(template_plot(doc), "template usage per dataset"),
+    parts = ["<h2 id=\"templates\">Templates</h2>", figure_html(template_plot(doc), "template usage per dataset"),
              "<h2 id=\"datasets\">Datasets</h2>"]
     for d, info in doc["datasets"].items():
         head = (f"{d} · {info['cluster']} · {info['kind'] or '?'} · trained in {len(info['trained_in'])} split(s)"
@@ -360,7 +386,7 @@ def _datasets_section(doc: dict[str, Any]) -> list[str]:
         body = []
         for source, samples in info["samples"].items():
             body.append(f"<h4>sample render of each template ({esc(source)})</h4>")
-            body += [_example(e) for e in samples.values()]
+            body += [example_html(e) for e in samples.values()]
         parts.append(f"<details id=\"ds-{esc(_slug(d))}\"><summary>{esc(head)}</summary>{''.join(body)}</details>")
     return parts
 
@@ -368,7 +394,7 @@ def _datasets_section(doc: dict[str, Any]) -> list[str]:
 def render_html(doc: dict[str, Any]) -> str:
     """The whole report; every data string is escaped and nothing is loaded from the network."""
     pipeline = doc.get("pipeline", {})
-    sections: list[Callable[[dict[str, Any]], list[str]]] = [_splits_section, _lint_section, _contamination_section]
+    sections: list[Callable[[dict[str, Any]], list[str]]] = [_splits_section, lint_section, _contamination_section]
     body = [f"<h1>flanpipe audit: {esc(pipeline.get('name'))}</h1>",
             f"<div class=\"meta\">{esc(doc['directory'])} · pipeline hash {esc(str(pipeline.get('hash'))[:12])} · "
             f"{esc(doc['format'])} · error rules: {esc(', '.join(doc['status']['error_rules']))}</div>",
@@ -377,14 +403,19 @@ def render_html(doc: dict[str, Any]) -> str:
             " · <a href=\"#contamination\">contamination</a> · <a href=\"#templates\">templates</a> · "
             "<a href=\"#datasets\">datasets</a></nav>"]
     body += sections[0](doc)
-    body += ["<h2 id=\"packing\">Packing</h2>", _figure_html(packing_plot(doc), "packing efficiency per shard"),
+    body += ["<h2 id=\"packing\">Packing</h2>", figure_html(packing_plot(doc), "packing efficiency per shard"),
              table(["split", "shard", "rows", "tokens", "packing efficiency"],
                    [(n, sh["file"], sh["rows"], sh["tokens"], sh["packing_efficiency"])
                     for n, s in doc["splits"].items() for sh in s["shards"]], numeric=(2, 3, 4))]
     for section in sections[1:]:
         body += section(doc)
     body += _datasets_section(doc)
+    return page(f"flanpipe audit: {pipeline.get('name')}", body)
+
+
+def page(title: str, body: Sequence[str]) -> str:
+    """A whole self-contained page: the report's style, the given body parts, the sorting script."""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-            f"<title>flanpipe audit: {esc(pipeline.get('name'))}</title><style>{CSS}</style></head><body>"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
             + "\n".join(body) + f"<script>{SCRIPT}</script></body></html>\n")
