@@ -1,6 +1,8 @@
-"""Reading a Hugging Face ``datasets`` directory written by ``DatasetDict.save_to_disk``, offline.
+"""Reading through Hugging Face ``datasets``, offline: a ``save_to_disk`` directory, or local data files.
 
-``datasets.load_from_disk`` memory-maps the saved Arrow files and never reaches the hub. Each of our
+``datasets.load_from_disk`` memory-maps the saved Arrow files and never reaches the hub; with
+``data_files``, ``datasets.load_dataset`` runs a packaged builder (json, csv, parquet, text) on local
+files, converting them once into its Arrow cache (``~/.cache/huggingface/datasets`` or ``HF_DATASETS_CACHE``). Each of our
 splits names a saved split with an optional row slice (Python semantics); keys are the ``key`` field
 when the dataset declares one, else the row's index in the saved split. Rows come back as plain
 Python.
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flanpipe.errors import SourceError
-from flanpipe.files_source import check_features, keyed
+from flanpipe.files_source import check_features, glob_files, keyed
 from flanpipe.spec import DatasetSpec, HuggingFaceSource
 
 BATCH = 1000
@@ -38,14 +40,24 @@ def _saved_split(spec: DatasetSpec, split: str) -> tuple[Any, range]:
     except ImportError:
         raise SourceError(f"{_what(spec)}: a huggingface source needs the datasets library: "
                           f"pip install 'flanpipe[hf]'") from None
-    path = Path(_source(spec).huggingface)
-    if not path.is_dir():
+    source = _source(spec)
+    path = Path(source.huggingface)
+    if source.data_files is not None:
+        files = _data_files(spec)
+        path = Path(f"{source.huggingface} data_files")
+        try:  # a packaged builder on local files: no hub access
+            saved = datasets.load_dataset(source.huggingface, data_files=files)
+        except Exception as e:  # unreadable files fail in many ways inside datasets
+            raise SourceError(f"{_what(spec)}: cannot load the data_files with datasets.load_dataset"
+                              f"({source.huggingface!r}): {type(e).__name__}: {e}") from None
+    elif not path.is_dir():
         raise SourceError(f"{_what(spec)}: source.huggingface: {path} is not a directory written by save_to_disk")
-    try:
-        saved = datasets.load_from_disk(str(path))
-    except Exception as e:  # a damaged or foreign directory can fail in many ways inside datasets
-        raise SourceError(f"{_what(spec)}: cannot load {path} with datasets.load_from_disk: "
-                          f"{type(e).__name__}: {e}") from None
+    else:
+        try:
+            saved = datasets.load_from_disk(str(path))
+        except Exception as e:  # a damaged or foreign directory can fail in many ways inside datasets
+            raise SourceError(f"{_what(spec)}: cannot load {path} with datasets.load_from_disk: "
+                              f"{type(e).__name__}: {e}") from None
     m = _SLICE.match(_source(spec).splits[split])
     assert m is not None
     name = m["split"]
@@ -83,12 +95,33 @@ def read_split(spec: DatasetSpec, split: str) -> Iterator[tuple[str, dict[str, A
     yield from keyed(rows(), split, _source(spec).key, _what(spec))
 
 
+def _data_files(spec: DatasetSpec) -> dict[str, list[str]]:
+    """Every data_files split's matched files, in name order (SourceError when a pattern matches none)."""
+    out = {}
+    for name, patterns in (_source(spec).data_files or {}).items():
+        files = []
+        for pattern in ([patterns] if isinstance(patterns, str) else patterns):
+            matched = glob_files(pattern)
+            if not matched:
+                raise SourceError(f"{_what(spec)}: source.data_files.{name}: {pattern} matches no file")
+            files += matched
+        out[name] = files
+    return out
+
+
 def fingerprint(spec: DatasetSpec) -> str:
-    """A hash of the saved directory's files (names and content, not its location) and of the split map."""
-    root = Path(_source(spec).huggingface)
-    h = hashlib.sha256(repr(sorted(_source(spec).splits.items())).encode())
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(root)).encode() + b"\0")
+    """A hash of the saved directory's files or of the data files (names and content, not their location),
+    and of the split map."""
+    source = _source(spec)
+    h = hashlib.sha256(repr(sorted(source.splits.items())).encode() + source.huggingface.encode())
+    if source.data_files is not None:
+        named = [(f"{split}/{Path(f).name}", Path(f)) for split, files in sorted(_data_files(spec).items())
+                 for f in files]
+    else:
+        root = Path(source.huggingface)
+        named = [(str(p.relative_to(root)), p) for p in sorted(p for p in root.rglob("*") if p.is_file())]
+    for name, path in named:
+        h.update(name.encode() + b"\0")
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)

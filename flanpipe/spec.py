@@ -123,18 +123,29 @@ class FilesSource(BaseModel):
         return dict(self.files)
 
 
+HF_BUILDERS = ("json", "csv", "parquet", "text")
+
+
 class HuggingFaceSource(BaseModel):
-    """A dataset's examples from a Hugging Face ``datasets`` directory (``save_to_disk``), read offline."""
+    """A dataset's examples through the Hugging Face ``datasets`` library, offline: a ``save_to_disk``
+    directory, or local files read by ``load_dataset`` with one of its packaged builders."""
 
     model_config = _STRICT
     huggingface: str = Field(min_length=1, description=(
-        "A directory written by DatasetDict.save_to_disk, relative to the dataset file (or absolute)."))
+        "A directory written by DatasetDict.save_to_disk, relative to the dataset file (or absolute); with "
+        "data_files, the packaged builder that reads them: json, csv, parquet or text."))
+    data_files: dict[str, str | list[str]] | None = Field(default=None, description=(
+        "load_dataset's data_files: split name -> path(s) or glob(s), relative to the dataset file. None: "
+        "huggingface is a save_to_disk directory."))
     splits: dict[SplitName, str] = Field(description=(
         "Our split -> the saved split, optionally sliced by row: {train: 'train[:-500]', validation: 'train[-500:]'}."))
     key: str | None = Field(default=None, description="Field path giving a stable example key; None: the row index.")
 
     @model_validator(mode="after")
     def _check(self) -> HuggingFaceSource:
+        if self.data_files is not None and self.huggingface not in HF_BUILDERS:
+            raise ValueError(f"with data_files, huggingface names the builder that reads them: one of "
+                             f"{', '.join(HF_BUILDERS)}, got {self.huggingface!r}")
         _require_test(self.splits, "splits")
         for name, expr in self.splits.items():
             if not re.fullmatch(r"[A-Za-z0-9_.\-]+(\[-?\d*:-?\d*\])?", expr):
@@ -505,9 +516,14 @@ def load_dataset_file(path: str | Path) -> tuple[DatasetSpec, Located]:
         base = Path(path).resolve().parent
         files = {split: _absolute(expr, base) for split, expr in spec.source.files.items()}
         spec = spec.model_copy(update={"source": spec.source.model_copy(update={"files": files})})
-    if isinstance(spec.source, HuggingFaceSource):  # so is the saved directory
-        saved = _absolute(spec.source.huggingface, Path(path).resolve().parent)
-        spec = spec.model_copy(update={"source": spec.source.model_copy(update={"huggingface": saved})})
+    if isinstance(spec.source, HuggingFaceSource):  # so are the saved directory and the data files
+        base = Path(path).resolve().parent
+        if spec.source.data_files is None:
+            update: dict[str, Any] = {"huggingface": _absolute(spec.source.huggingface, base)}
+        else:
+            update = {"data_files": {name: [_absolute(p, base) for p in ([v] if isinstance(v, str) else v)]
+                                     for name, v in spec.source.data_files.items()}}
+        spec = spec.model_copy(update={"source": spec.source.model_copy(update=update)})
     return spec, located
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flanpipe import hf_source
-from flanpipe.errors import SourceError
+from flanpipe.errors import SourceError, SpecError
 from flanpipe.plan import load_plan
 from flanpipe.spec import load_dataset_file
 from flanpipe.verify import verify_output
@@ -54,3 +55,43 @@ def test_a_missing_saved_split_fails_before_the_job(tmp_path):
     spec, _ = load_dataset_file(tmp_path / "templates" / "own" / "mine.yaml")
     with pytest.raises(SourceError, match=r"splits.test: .*hf_data has no split 'testing' \(it has: test, train\)"):
         hf_source.split_size(spec, "test")
+
+
+def _data_files_world(root: Path, builder: str = "json") -> Path:
+    path = _own_world(root)
+    data = root / "templates" / "own" / "hfdata"
+    data.mkdir()
+    for name, rows in (("train-1", _rows(0, 30)), ("train-2", _rows(30, 30)), ("test", _rows(300, 9))):
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = path.read_text()
+    start, end = text.index("source:"), text.index("fields:")
+    path.write_text(text[:start] + f"source:\n  huggingface: {builder}\n"
+                    "  data_files: {train: 'hfdata/train-*.jsonl', test: [hfdata/test.jsonl]}\n"
+                    '  splits: {train: "train[:50]", validation: "train[50:]", test: test}\n  key: id\n' + text[end:])
+    return path
+
+
+def test_local_files_through_load_dataset_compile(tmp_path):
+    spec, _ = load_dataset_file(_data_files_world(tmp_path))
+    assert spec.source.data_files["test"] == [str(tmp_path / "templates" / "own" / "hfdata" / "test.jsonl")]
+    assert [hf_source.split_size(spec, s) for s in ("train", "validation", "test")] == [50, 10, 9]
+    assert [k for k, _ in hf_source.read_split(spec, "validation")][:2] == ["validation:r50", "validation:r51"]
+    before = hf_source.fingerprint(spec)
+    (tmp_path / "templates" / "own" / "hfdata" / "test.jsonl").write_text(json.dumps(_rows(400, 1)[0]) + "\n")
+    assert hf_source.fingerprint(spec) != before
+    _data_files_world(tmp_path / "again")
+    result = compile_world(tmp_path / "again")
+    assert verify_output(str(tmp_path / "again" / "out")) == []
+    assert result.manifest["datasets"]["mine"]["read"]["train"]["kept"] == 50
+
+
+def test_data_files_need_a_packaged_builder_and_matching_files(tmp_path):
+    _data_files_world(tmp_path, builder="my_script.py")
+    with pytest.raises(SpecError, match="with data_files, huggingface names the builder.*json, csv, parquet, text"):
+        load_dataset_file(tmp_path / "templates" / "own" / "mine.yaml")
+    _data_files_world(tmp_path / "b")
+    for f in (tmp_path / "b" / "templates" / "own" / "hfdata").glob("train-*"):
+        f.unlink()
+    spec, _ = load_dataset_file(tmp_path / "b" / "templates" / "own" / "mine.yaml")
+    with pytest.raises(SourceError, match=r"source.data_files.train: .*train-\*.jsonl matches no file"):
+        hf_source.split_size(spec, "train")
