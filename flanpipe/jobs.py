@@ -92,6 +92,12 @@ class DatasetJob:
         return Entry(storage.join(self.cache_dir, self.spec.name, self.key))
 
     @property
+    def variants_available(self) -> int:
+        """How many distinct renders a train example of this dataset has: its templates, or 1 in the
+        template-free modes."""
+        return min(self.settings.variants_available, len(self.spec.templates))
+
+    @property
     def splits(self) -> tuple[str, ...]:
         """The source splits this compile reads: train when trained on, and the eval splits."""
         wanted = (("train",) if self.trained else ()) + self.eval_splits

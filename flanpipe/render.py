@@ -32,16 +32,18 @@ EVAL_SCHEMA = pa.schema([
 ])
 
 
-def templates_of(index: np.ndarray, key_hash: np.ndarray, variant: int, settings: RenderSettings) -> list[int]:
-    """The template of each example's ``variant``-th use: a seeded (or round-robin) start, then the next ones.
+def templates_of(index: np.ndarray, key_hash: np.ndarray, variant: int, settings: RenderSettings,
+                 count: int = NUM_TEMPLATES) -> list[int]:
+    """The template of each example's ``variant``-th use among ``count``: a seeded (or round-robin) start, then
+    the next ones.
 
     A repeated example (variant 1, 2, ...) therefore draws a different template each time.
     """
     if settings.template_choice == "round_robin":
         start = index.astype(np.int64)
     else:
-        start = (mix64(key_hash, TEMPLATE) % np.uint64(NUM_TEMPLATES)).astype(np.int64)
-    return ((start + variant) % NUM_TEMPLATES).tolist()
+        start = (mix64(key_hash, TEMPLATE) % np.uint64(count)).astype(np.int64)
+    return ((start + variant) % count).tolist()
 
 
 _ENCODE_BATCH = 256  # texts per native call: the ids come back as Python ints, so keep their lists short-lived
@@ -116,7 +118,7 @@ def render_train(compiled: CompiledDataset, chunk: pa.Table, variant: int, setti
     mode = settings.instructions
     keys = chunk.column("key").to_pylist()
     hashes = np.asarray(chunk.column("key_hash"))
-    templates = templates_of(np.asarray(chunk.column("index")), hashes, variant, settings)
+    templates = templates_of(np.asarray(chunk.column("index")), hashes, variant, settings, len(compiled.templates))
     inputs, targets, used, turned = [], [], [], []
     for values, key, h, t in zip(fields_of(compiled, chunk), keys, hashes.tolist(), templates):
         r = compiled.render(values, t, mode=mode, options_format=settings.options_format,  # type: ignore[arg-type]
@@ -146,7 +148,7 @@ def render_eval(compiled: CompiledDataset, split: str, chunk: pa.Table, settings
     the same exemplars for all templates of an example.
     """
     mode = settings.eval_instructions
-    templates = range(NUM_TEMPLATES) if mode == "natural" else [0]
+    templates = range(len(compiled.templates)) if mode == "natural" else [0]
     rows: dict[str, list[Any]] = {name: [] for name in EVAL_SCHEMA.names}
     keys = chunk.column("key").to_pylist()
     hashes = chunk.column("key_hash").to_pylist()

@@ -205,7 +205,7 @@ class Template(BaseModel):
 
 
 class DatasetSpec(BaseModel):
-    """One dataset file: identity, source, field map, options and exactly ten templates."""
+    """One dataset file: identity, source, field map, options and its templates (ten in the bundled collection)."""
 
     model_config = _STRICT
     name: str = Field(pattern=_NAME, description="Task id; must equal the file name without '.yaml'.")
@@ -225,7 +225,8 @@ class DatasetSpec(BaseModel):
         description="Classification only: Jinja2 expression giving the index of the right option.",
     )
     raw: Raw = Field(description="Fields used by the no-template and dataset-name instruction modes.")
-    templates: list[Template] = Field(description="Exactly 10 templates; at most 3 turned.")
+    templates: list[Template] = Field(description=(
+        "1 to 10 templates (the paper's and the bundled collection's: 10); at most 3 turned, not all."))
 
     @model_validator(mode="after")
     def _check(self) -> DatasetSpec:

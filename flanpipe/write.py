@@ -77,7 +77,7 @@ class RenderedRows:
 
     def take(self, variant: int, start: int, stop: int) -> pa.Table:
         """Rows ``start..stop-1`` of a variant (variants past the templates available repeat them)."""
-        variant %= self.job.settings.variants_available
+        variant %= self.job.variants_available
         parts = []
         for chunk in range(start // CHUNK_ROWS, (stop - 1) // CHUNK_ROWS + 1):
             lo, hi = max(start, chunk * CHUNK_ROWS), min(stop, (chunk + 1) * CHUNK_ROWS)

@@ -25,8 +25,8 @@ WORDINGS = ["{{ instruction }}", "Instruction: {{ instruction }}", "{{ instructi
             "{{ instruction }}\\nYour reply:"]
 
 
-def _dataset(files: str, key: str = "") -> str:
-    templates = "\n".join(f'  - {{input: "{w}", target: "{{{{ output }}}}"}}' for w in WORDINGS)
+def _dataset(files: str, key: str = "", wordings: tuple[str, ...] = WORDINGS) -> str:
+    templates = "\n".join(f'  - {{input: "{w}", target: "{{{{ output }}}}"}}' for w in wordings)
     return (f"name: mine\ntitle: Mine\ncluster: own\nkind: generation\nsource:\n  files: {files}\n{key}"
             f"fields:\n  instruction: {{feature: instruction}}\n  output: {{feature: output}}\n"
             f"raw: {{inputs: [instruction], target: output}}\ntemplates:\n{templates}\n")
@@ -87,6 +87,21 @@ def test_a_dataset_of_own_files_compiles_verifies_and_audits(tmp_path):
     assert "mine" in document["datasets"] and not document["status"]["failed"], document["status"]
     again = compile_world(tmp_path, "again", cache_dir=str(tmp_path / "cache2"))
     assert again.manifest["files"] == result.manifest["files"]  # deterministic, whatever the cache
+
+
+def test_a_single_pass_through_template_is_enough(tmp_path):
+    path = _own_world(tmp_path)
+    path.write_text(_dataset('{train: "data/train-*.jsonl[:50]", validation: data/val.parquet, test: data/test.csv}',
+                             wordings=("{{ instruction }}",)))
+    compile_world(tmp_path)
+    evals = pq.read_table(tmp_path / "out" / "own" / "eval" / "mine.parquet").to_pylist()
+    assert len(evals) == 12 + 8 and {e["template"] for e in evals} == {0}
+    assert {e["inputs"] for e in evals if e["split"] == "test"} == {f"Repeat the word number {i}." for i in
+                                                                    range(200, 208)}
+    used = [e for e in pq.read_table(tmp_path / "out" / "natural_language_inference" / "examples").to_pylist()
+            if e["dataset"] == "mine"]
+    assert used and {e["template"] for e in used} == {0}
+    assert all(e["inputs"].startswith("Repeat the word number ") for e in used)
 
 
 def test_bad_files_fail_before_the_job_naming_the_dataset(tmp_path):

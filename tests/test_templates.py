@@ -83,8 +83,10 @@ def test_sandbox_has_no_dangerous_globals():
 def test_template_count_turned_and_duplicates(tmp_path):
     text = RTE.read_text()
     first = text.index("  - input:")
-    with pytest.raises(TemplateError, match=r"templates: expected exactly 10 templates, found 9"):
-        _compiled(tmp_path, text[first:text.index("  - input:", first + 1)], "")
+    assert len(_compiled(tmp_path, text[first:text.index("  - input:", first + 1)], "").templates) == 9
+    with pytest.raises(TemplateError, match=r"templates: expected 1 to 10 templates, found 11"):
+        last = text[text.rindex("  - input:"):]
+        _compiled(tmp_path, last, last + "  - {input: 'One more: {{ premise }}', target: '{{ answer }}'}\n")
     with pytest.raises(TemplateError, match=r"templates\[1\]: identical to templates\[0\]"):
         _compiled(tmp_path, "Read this: {{ premise }}\n      Does it follow that {{ hypothesis }}",
                   '{{ premise }}\n\n      Based on the passage above, is it true that "{{ hypothesis }}"?')

@@ -102,7 +102,7 @@ def repeat_units(mixes: dict[str, Mixture], stats: dict[str, DatasetStats], ctx:
             needed[d] = max(needed.get(d, 0), variants_needed(uses, stats[d].kept))
     for d, count in sorted(needed.items()):
         chunks = -(-stats[d].kept // CHUNK_ROWS)
-        for variant in range(1, min(count, ctx.datasets[d].settings.variants_available)):
+        for variant in range(1, min(count, ctx.datasets[d].variants_available)):
             for chunk in range(chunks):
                 yield d, "train", chunk, variant
 
