@@ -159,12 +159,17 @@ def render_eval(compiled: CompiledDataset, split: str, chunk: pa.Table, settings
                                 options_format=settings.options_format, key=key)
             if shots is not None:
                 r = shots.prefix(r, picks)
-            answer = r.options.index(r.targets) if r.options else -1
-            for name, value in (("dataset", compiled.spec.name), ("split", split), ("example_key", key),
-                                ("template", r.template), ("turned", r.turned), ("inputs", r.inputs),
-                                ("targets", r.targets), ("options", list(r.options)), ("answer_index", answer)):
-                rows[name].append(value)
+            add_eval_row(rows, compiled.spec.name, split, key, r)
     return pa.table(rows, schema=EVAL_SCHEMA)
+
+
+def add_eval_row(rows: dict[str, list[Any]], dataset: str, split: str, key: str, r: Rendered) -> None:
+    """Append one rendered eval example to ``rows`` (EVAL_SCHEMA's columns), with its answer index."""
+    answer = r.options.index(r.targets) if r.options else -1
+    for name, value in (("dataset", dataset), ("split", split), ("example_key", key), ("template", r.template),
+                        ("turned", r.turned), ("inputs", r.inputs), ("targets", r.targets),
+                        ("options", list(r.options)), ("answer_index", answer)):
+        rows[name].append(value)
 
 
 # ------------------------------------------------------------------ the stage's units

@@ -31,7 +31,7 @@ from flanpipe.files_source import MISSING, file_rows, format_of, glob_files, loo
 from flanpipe.manifest import SplitManifest, TopManifest
 from flanpipe.manifest import load as load_manifest
 from flanpipe.paths import TEMPLATES_DIR
-from flanpipe.render import EVAL_SCHEMA
+from flanpipe.render import EVAL_SCHEMA, add_eval_row
 from flanpipe.sources import read_samples
 from flanpipe.templates import DEFAULT_OPTIONS_FORMAT
 
@@ -193,13 +193,7 @@ def bundled_eval_sets(templates: Path = TEMPLATES_DIR) -> list[tuple[str, pa.Tab
                 if values is None:
                     continue
                 for t in range(len(compiled.templates)):
-                    r = compiled.render(values, t, key=key)
-                    answer = r.options.index(r.targets) if r.options else -1
-                    for column, value in (("dataset", name), ("split", split), ("example_key", key),
-                                          ("template", r.template), ("turned", r.turned), ("inputs", r.inputs),
-                                          ("targets", r.targets), ("options", list(r.options)),
-                                          ("answer_index", answer)):
-                        rows[column].append(value)
+                    add_eval_row(rows, name, split, key, compiled.render(values, t, key=key))
         if rows["dataset"]:
             out.append((name, pa.table(rows, schema=EVAL_SCHEMA)))
     return out
