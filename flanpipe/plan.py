@@ -73,8 +73,11 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
                                 f"unknown split {name!r}{did_you_mean(name, held)}; this pipeline builds "
                                 f"{', '.join(held)}")
         held = [h for h in held if h in only]
-    universe = set(pipeline.datasets) if pipeline.datasets is not None else set(collection.datasets)
-    training_clusters = pipeline.clusters if pipeline.clusters is not None else list(collection.taxonomy.clusters)
+    scope = pipeline_clusters(pipeline, collection)
+    tax = collection.taxonomy
+    in_scope = {d for c in scope for d in tax.clusters[c].datasets + tax.clusters[c].eval_only}
+    universe = (set(pipeline.datasets) if pipeline.datasets is not None else set(collection.datasets)) & in_scope
+    training_clusters = pipeline.clusters if pipeline.clusters is not None else tax.default_clusters()
     counts: dict[str, int | None] = {}
     for d in sorted(universe):
         if "train" in collection.datasets[d].source.splits:
@@ -86,10 +89,9 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
                 counts[d] = None
     splits = []
     for name in held:
-        tax = collection.taxonomy
         held_clusters = groups.get(name, [])
         removed_set = {c for h in held_clusters for c in tax.removed_with(h)}
-        removed = tuple(c for c in tax.clusters if c in removed_set)
+        removed = tuple(c for c in tax.clusters if c in removed_set and c in scope)
         train = tuple(d for c in training_clusters if c not in removed
                       for d in tax.clusters[c].datasets if d in counts)
         evals = tuple(d for h in held_clusters for d in tax.clusters[h].datasets + tax.clusters[h].eval_only
@@ -145,6 +147,13 @@ def check_pipeline(pipeline_path: str | Path, *, templates: str | Path = TEMPLAT
     return pipeline, located, collection
 
 
+def pipeline_clusters(pipeline: PipelineSpec, collection: Collection) -> list[str]:
+    """The clusters a pipeline can train on, evaluate or remove, in taxonomy order: every cluster that is not
+    ``opt_in``, and opt-in ones the pipeline names in ``clusters:`` or ``held_out:``."""
+    named = set(pipeline.clusters or []) | {c for h in pipeline.held_out for c in ([h] if isinstance(h, str) else h)}
+    return [c for c, cluster in collection.taxonomy.clusters.items() if not cluster.opt_in or c in named]
+
+
 def split_name(held_out: str | list[str]) -> str:
     """A held-out entry's split name: the cluster, or 'a+b+c' for a group."""
     return held_out if isinstance(held_out, str) else "+".join(held_out)
@@ -162,11 +171,18 @@ def _check_names(pipeline: PipelineSpec, located: Located, collection: Collectio
             file, line = located.where(loc)
             field = loc[0] + "".join(f"[{p}]" for p in loc[1:])
             raise SpecError(file, line, str(field), f"unknown cluster {name!r}{did_you_mean(name, clusters)}")
+    scope = pipeline_clusters(pipeline, collection)
     for i, name in enumerate(pipeline.datasets or []):
         if name not in collection.datasets:
             file, line = located.where(("datasets", i))
             raise SpecError(file, line, f"datasets[{i}]",
                             f"unknown dataset {name!r}{did_you_mean(name, collection.datasets)}")
+        cluster = collection.datasets[name].cluster
+        if cluster not in scope:
+            file, line = located.where(("datasets", i))
+            raise SpecError(file, line, f"datasets[{i}]",
+                            f"dataset {name!r} is in the opt-in cluster {cluster!r}, which this pipeline does not "
+                            f"name: add {cluster!r} to clusters: (to train on it) or to held_out: (to evaluate it)")
     if len({split_name(h) for h in pipeline.held_out}) != len(pipeline.held_out):
         file, line = located.where(("held_out",))
         raise SpecError(file, line, "held_out", "a cluster is listed twice")

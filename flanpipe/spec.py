@@ -258,6 +258,9 @@ class Cluster(BaseModel):
     also_remove: list[str] = Field(
         default_factory=list, description="Other clusters removed from training when this one is held out."
     )
+    opt_in: bool = Field(default=False, description=(
+        "True: outside the default collection. Only a pipeline that names it in `clusters:` or `held_out:` "
+        "trains on, evaluates or removes it (chain_of_thought, so that FLAN 2021 pipelines stay as they were)."))
 
 
 class Taxonomy(BaseModel):
@@ -270,6 +273,10 @@ class Taxonomy(BaseModel):
         """The held-out cluster plus every cluster removed with it, in taxonomy order."""
         removed = {held_out, *self.clusters[held_out].also_remove}
         return [c for c in self.clusters if c in removed]
+
+    def default_clusters(self) -> list[str]:
+        """The clusters a pipeline trains on when it does not list ``clusters:``: every one not opt_in."""
+        return [name for name, cluster in self.clusters.items() if not cluster.opt_in]
 
     def cluster_of(self, dataset: str) -> str:
         for name, cluster in self.clusters.items():
@@ -399,7 +406,8 @@ class PipelineSpec(BaseModel):
         default=None, description="Restrict to these datasets (None: the whole taxonomy); clusters must still exist."
     )
     clusters: list[str] | None = Field(
-        default=None, description="Train only on these clusters (None: all not held out); for the cluster ablation."
+        default=None, description="Train only on these clusters (None: every cluster not held out and not opt_in); "
+                                  "for the cluster ablation, or to opt in to an opt_in cluster."
     )
     instructions: Literal["natural", "dataset_name", "none"] = Field(
         description="natural: FLAN templates; dataset_name: '[Cluster: Title] raw input'; none: raw input only."
