@@ -155,7 +155,11 @@ _GLOBAL = "*"  # name of the shared vocabulary
 # ------------------------------------------------------------------------------------ sizes
 @lru_cache(maxsize=1)
 def _datasets() -> dict[str, DatasetSpec]:
-    return dict(sorted(load_collection().datasets.items()))
+    """FLAN 2021's datasets: those of the taxonomy's default clusters (opt-in ones, chain_of_thought, are Flan 2022's)."""
+    collection = load_collection()
+    tax = collection.taxonomy
+    names = {d for c in tax.default_clusters() for d in tax.clusters[c].datasets + tax.clusters[c].eval_only}
+    return {name: spec for name, spec in sorted(collection.datasets.items()) if name in names}
 
 
 def real_sizes(spec: DatasetSpec) -> dict[str, int]:

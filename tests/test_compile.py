@@ -217,3 +217,26 @@ def test_splits_with_the_same_mixture_are_computed_once_and_copied(tmp_path):
     senti = json.loads((tmp_path / "out" / "sentiment" / "manifest.json").read_text())
     assert senti["train"]["computed_in"] == "sentiment"
     assert verify_output(tmp_path / "out") == [] and len(result.manifest["splits"]) == 3
+
+
+def test_a_pipeline_of_the_chain_of_thought_cluster_compiles_on_the_bundled_samples(tmp_path):
+    """The opt-in cluster, named by a pipeline: trained on in one split, held out (eval sets) in the other."""
+    pipeline = tmp_path / "cot.yaml"
+    pipeline.write_text(f"extends: {Path(__file__).resolve().parent.parent / 'pipelines' / 'flan2021.yaml'}\n"
+                        "name: cot\nclusters: [chain_of_thought, sentiment]\n"
+                        "held_out: [chain_of_thought, sentiment]\nmixture_size: {examples: 400}\noutput: {shards: 1}\n")
+    result = run_compile(pipeline, CompileOptions(out=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache")))
+    out = tmp_path / "out"
+    assert verify_output(str(out)) == []
+    cot = {"esnli", "gsm8k", "qasc"}
+    trained = pq.read_table(out / "sentiment" / "examples").to_pylist()
+    assert {e["dataset"] for e in trained} == cot and len(trained) == 400
+    for e in trained:
+        assert e["targets"].strip() and "<<" not in e["targets"]  # gsm8k's calculator annotations are removed
+    held = json.loads((out / "chain_of_thought" / "manifest.json").read_text())
+    assert set(held["eval"]) == cot and held["removed_clusters"] == ["natural_language_inference", "chain_of_thought"]
+    assert {info["metric"] for info in held["eval"].values()} == {"rouge"}
+    rows = pq.read_table(out / "chain_of_thought" / "eval" / "gsm8k.parquet").to_pylist()
+    assert len(rows) == 10 * (10 + 10) and {r["template"] for r in rows} == set(range(10))
+    assert all(r["targets"].rstrip(".").split()[-1].isdigit() for r in rows if not r["turned"])
+    assert result.manifest["summary"]["sentiment"]["turned"] > 0

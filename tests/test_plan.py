@@ -133,3 +133,51 @@ def test_an_inherited_relative_path_is_resolved_against_the_parent_that_declares
     plan = load_plan(tmp_path / "b" / "child.yaml")
     assert plan.tokenizer == tmp_path / "a" / "tok.model"
     assert plan.pipeline.name == "child" and len(plan.splits) == 10
+
+
+# ------------------------------------------------------------------ the opt-in chain-of-thought cluster
+COT = {"esnli", "gsm8k", "qasc"}
+
+
+def _cot_pipeline(tmp_path, body: str):
+    path = tmp_path / "cot.yaml"
+    path.write_text(f"extends: {PIPELINES / 'flan2021.yaml'}\nname: cot\n{body}")
+    return path
+
+
+def test_flan2021_plans_no_opt_in_cluster():
+    plan = load_plan(PIPELINES / "flan2021.yaml")
+    assert not COT & set(plan.datasets) and not COT & set(plan.counts)  # a TFDS data_dir without them still plans
+    assert all("chain_of_thought" not in s.removed for s in plan.splits)
+
+
+def test_naming_chain_of_thought_trains_it_except_where_nli_is_held_out(tmp_path, collection):
+    clusters = collection.taxonomy.default_clusters() + ["chain_of_thought"]
+    plan = load_plan(_cot_pipeline(tmp_path, f"clusters: {clusters}\n"
+                                             "held_out: [natural_language_inference, closed_book_qa]\n"))
+    nli, cbqa = plan.split("natural_language_inference"), plan.split("closed_book_qa")
+    assert set(nli.removed) == {"natural_language_inference", "paraphrase", "chain_of_thought"}  # esnli is SNLI
+    assert not COT & set(nli.train)
+    assert COT <= set(cbqa.train) and cbqa.removed == ("closed_book_qa",)
+    assert all(cbqa.rates[d] > 0 for d in COT)
+
+
+def test_holding_chain_of_thought_out_evaluates_it_and_removes_nli(tmp_path):
+    plan = load_plan(_cot_pipeline(tmp_path, "held_out: [chain_of_thought, sentiment]\n"))
+    cot, senti = plan.split("chain_of_thought"), plan.split("sentiment")
+    assert set(cot.eval) == COT and set(cot.removed) == {"chain_of_thought", "natural_language_inference"}
+    assert not COT & set(cot.train) and not {"snli", "anli_r1"} & set(cot.train)
+    assert not COT & set(senti.train)  # held out somewhere, but trained only when listed in clusters:
+
+
+def test_only_the_cot_cluster(tmp_path):
+    plan = load_plan(_cot_pipeline(tmp_path, "clusters: [chain_of_thought]\nheld_out: [sentiment]\n"))
+    assert set(plan.split("sentiment").train) == COT
+
+
+def test_a_dataset_of_an_opt_in_cluster_must_be_named_by_its_cluster(tmp_path):
+    from flanpipe.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"cot.yaml:3: datasets\[1\]: dataset 'gsm8k' is in the opt-in cluster "
+                                        r"'chain_of_thought'.*add 'chain_of_thought' to clusters:"):
+        load_plan(_cot_pipeline(tmp_path, "datasets: [rte, gsm8k]\n"))
