@@ -37,7 +37,7 @@ class Plan:
     pipeline: PipelineSpec  # as declared (relative paths stay relative: the hash does not depend on where)
     pipeline_path: Path
     collection: Collection
-    counts: dict[str, int | None]  # train examples available per dataset, after the cap (None: data not there)
+    counts: dict[str, int | None]  # train examples per dataset a split may train on, capped (None: data not there)
     splits: tuple[SplitPlan, ...]
     source: SamplesSource | TfdsDataSource  # the pipeline's source with its directory resolved
     tokenizer: Path  # the tokenizer model, resolved
@@ -78,8 +78,9 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
     in_scope = {d for c in scope for d in tax.clusters[c].datasets + tax.clusters[c].eval_only}
     universe = (set(pipeline.datasets) if pipeline.datasets is not None else set(collection.datasets)) & in_scope
     training_clusters = pipeline.clusters if pipeline.clusters is not None else tax.default_clusters()
+    trainable = {d for c in training_clusters for d in tax.clusters[c].datasets}
     counts: dict[str, int | None] = {}
-    for d in sorted(universe):
+    for d in sorted(universe & trainable):  # only what some split may train on needs its data counted
         if "train" in collection.datasets[d].source.splits:
             try:
                 counts[d] = min(count_examples(collection.datasets[d], "train", source), pipeline.mixing.cap)

@@ -173,6 +173,7 @@ def test_holding_chain_of_thought_out_evaluates_it_and_removes_nli(tmp_path):
 def test_only_the_cot_cluster(tmp_path):
     plan = load_plan(_cot_pipeline(tmp_path, "clusters: [chain_of_thought]\nheld_out: [sentiment]\n"))
     assert set(plan.split("sentiment").train) == COT
+    assert set(plan.counts) == COT  # on TFDS, only the datasets it trains on must be prepared before it plans
 
 
 def test_a_dataset_of_an_opt_in_cluster_must_be_named_by_its_cluster(tmp_path):
