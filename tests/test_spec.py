@@ -149,8 +149,8 @@ FEWSHOT = ("fewshot: {max_exemplars: 10, max_tokens: 1920, input_target_separato
     ("formats: {zsopt: 0.5, fsopt: 0.5}\n",
      "formats: fsopt is few-shot: it needs a 'fewshot:' block (separators, max_tokens)"),
     ("formats: {}\n", "formats: give at least one format with its share, or omit 'formats'"),
-    ("formats: {zsopt: 0.5, fsnopt: 0.5}\n" + FEWSHOT, "formats.fsnopt: Input should be 'zsopt', 'fsopt', "
-                                                          "'zsnoopt' or 'fsnoopt', got 'fsnopt'"),
+    ("formats: {zsopt: 0.5, fsnopt: 0.5}\n" + FEWSHOT,
+     "formats.fsnopt: Input should be 'zsopt', 'fsopt', 'zsnoopt' or 'fsnoopt', got 'fsnopt'"),
     (FEWSHOT.replace("max_exemplars: 10", "max_exemplars: 10, exemplar_counts: [1, 12]"),
      "fewshot: exemplar_counts: 12 is outside 1..max_exemplars (10)"),
     (FEWSHOT.replace("max_exemplars: 10", "max_exemplars: 10, exemplar_counts: []"),
@@ -228,3 +228,11 @@ def test_did_you_mean_in_pipeline_variants(tmp_path):
     with pytest.raises(SpecError) as e:
         load_pipeline(path)
     assert str(e.value) == f"{path}:3: source.data_dri: unknown key (did you mean 'data_dir'?)"
+
+
+def test_the_documented_prompt_formats_example_loads(tmp_path):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "dataset-format.md").read_text()
+    block = doc.split("# my_formats.yaml", 1)[1].split("```", 1)[0]
+    spec, _ = load_pipeline(write(tmp_path / "my_formats.yaml", block.split("\n", 1)[1]))
+    assert spec.formats == {"zsopt": 0.25, "fsopt": 0.25, "zsnoopt": 0.25, "fsnoopt": 0.25}
+    assert spec.fewshot.exemplar_counts == [1, 2, 5, 10] and spec.options_format.items[1] == "\n({letter}) {option}"
