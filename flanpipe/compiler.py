@@ -200,7 +200,8 @@ def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob], options: Compile
         maximum_rate=p.mixing.maximum_rate,
         mixture_examples=size.examples if isinstance(size, ExamplesSize) else None,
         mixture_tokens=None if isinstance(size, ExamplesSize) else size.steps * size.batch_tokens,
-        prompt_tuning_sets=p.prompt_tuning_sets, table_cache_bytes=options.table_cache_mb << 20)
+        prompt_tuning_sets=p.prompt_tuning_sets, table_cache_bytes=options.table_cache_mb << 20,
+        formats=p.formats is not None)
 
 
 def _finish(plan: Plan, ctx: JobContext, tokenizer: Tokenizer, tok_path: Path, resolved: dict[str, Any]

@@ -8,6 +8,8 @@ import numpy as np
 
 # Purposes derived from an example's key hash with mix64 (one blake2b per example, the rest vectorized).
 CAP, MIX_ORDER, TEMPLATE, SHUFFLE, FEWSHOT = 1, 2, 3, 4, 5
+# Far above FEWSHOT + j (one salt per exemplar draw j), so no choice below shares a salt with an exemplar draw.
+PROMPT_FORMAT, SHOTS, OPTION_HEADER, OPTION_ITEM = (1 << 40) + 1, (1 << 40) + 2, (1 << 40) + 3, (1 << 40) + 4
 
 
 def stable_hash(seed: int, purpose: str, *parts: object) -> int:
@@ -29,3 +31,8 @@ def mix64(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * _M1
         z = (z ^ (z >> np.uint64(27))) * _M2
         return z ^ (z >> np.uint64(31))
+
+
+def unit_interval(h: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1) from 64-bit hashes (their top 53 bits)."""
+    return (np.asarray(h, np.uint64) >> np.uint64(11)).astype(np.float64) / float(1 << 53)

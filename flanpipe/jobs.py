@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flanpipe import __version__, storage
+from flanpipe.formats import Shares, shares_of
 from flanpipe.plan import SplitPlan
 from flanpipe.schema import RecordLayout
 from flanpipe.spec import (DatasetSpec, FewShot, OptionsFormat, PipelineSpec, SamplesSource, TemplateLimits,
@@ -39,17 +40,24 @@ class RenderSettings:
     bad_examples: str = "error"  # or "skip": drop examples whose fields cannot be computed
     # What one render may cost. Not in the cache key: a render within the limits gives the same text under any.
     limits: TemplateLimits = TemplateLimits()
+    formats: Shares | None = None  # prompt formats and shares, canonical order; None: today's single format
 
     @classmethod
     def of(cls, p: PipelineSpec) -> RenderSettings:
         return cls(p.seed, p.template_choice, p.instructions, p.eval_instructions, p.options_format, p.mixing.cap,
-                   p.lengths.inputs, p.lengths.targets, p.truncate, p.fewshot, p.bad_examples, p.template_limits)
+                   p.lengths.inputs, p.lengths.targets, p.truncate, p.fewshot, p.bad_examples, p.template_limits,
+                   shares_of(p.formats))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "template_choice": self.template_choice, "instructions": self.instructions,
-                "eval_instructions": self.eval_instructions, "options_format": self.options_format.model_dump(),
-                "cap": self.cap, "lengths": [self.inputs_length, self.targets_length], "truncate": self.truncate,
-                "fewshot": self.fewshot.model_dump() if self.fewshot else None, "bad_examples": self.bad_examples}
+        out = {"seed": self.seed, "template_choice": self.template_choice, "instructions": self.instructions,
+               "eval_instructions": self.eval_instructions, "options_format": self.options_format.model_dump(),
+               "cap": self.cap, "lengths": [self.inputs_length, self.targets_length], "truncate": self.truncate,
+               # exclude_none: a pipeline without the newer optional keys keeps its cache key
+               "fewshot": self.fewshot.model_dump(exclude_none=True) if self.fewshot else None,
+               "bad_examples": self.bad_examples}
+        if self.formats is not None:
+            out["formats"] = [list(f) for f in self.formats]
+        return out
 
     @property
     def variants_available(self) -> int:
@@ -148,6 +156,7 @@ class JobContext:
     mixture_tokens: int | None
     prompt_tuning_sets: bool = False
     table_cache_bytes: int = 256 << 20
+    formats: bool = False  # the pipeline sets prompt formats: rendered rows and examples carry a 'format' column
 
     def split(self, name: str) -> SplitPlan:
         return next(s for s in self.splits if s.name == name)

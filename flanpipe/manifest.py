@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from flanpipe import storage
 from flanpipe.errors import OutputError
@@ -71,6 +71,19 @@ class Counts(BaseModel):
     clusters: dict[str, int]
     datasets: dict[str, int]
     templates: dict[str, int] = Field(description="'<dataset>/<template>' -> uses; template -1 in template-free modes.")
+    formats: dict[str, int] | None = Field(default=None, description=(
+        "Prompt format -> uses (zsopt, fsopt, zsnoopt, fsnoopt), when the pipeline sets 'formats'; absent otherwise."))
+    dataset_formats: dict[str, int] | None = Field(default=None, description=(
+        "'<dataset>/<format>' -> uses, when the pipeline sets 'formats'; absent otherwise."))
+
+    @model_serializer(mode="wrap")
+    def _without_unset_formats(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A pipeline without prompt formats writes the same manifest bytes as before they existed.
+        data = handler(self)
+        for name in ("formats", "dataset_formats"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class SplitManifest(BaseModel):
@@ -195,11 +208,20 @@ def summarize(shards: Sequence[Mapping[str, Any]], layout: RecordLayout) -> Summ
 def counts(shards: Sequence[Mapping[str, Any]], clusters: Mapping[str, str]) -> Counts:
     datasets: Counter[str] = Counter()
     templates: Counter[str] = Counter()
+    formats: Counter[str] | None = None
     for s in shards:
         datasets.update(s["datasets"])
         templates.update(s["templates"])
+        if "formats" in s:
+            formats = formats if formats is not None else Counter()
+            formats.update(s["formats"])
     per_cluster: Counter[str] = Counter()
     for d, n in datasets.items():
         per_cluster[clusters[d]] += n
+    per_format: Counter[str] = Counter()
+    for name, n in (formats or {}).items():
+        per_format[name.rsplit("/", 1)[1]] += n
     return Counts(clusters=dict(sorted(per_cluster.items())), datasets=dict(sorted(datasets.items())),
-                  templates=dict(sorted(templates.items())))
+                  templates=dict(sorted(templates.items())),
+                  formats=dict(sorted(per_format.items())) if formats is not None else None,
+                  dataset_formats=dict(sorted(formats.items())) if formats is not None else None)

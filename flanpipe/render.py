@@ -12,10 +12,11 @@ import pyarrow as pa
 
 from flanpipe import storage
 from flanpipe.fewshot import compose, exemplar_text, pick_exemplars
+from flanpipe.formats import exemplar_counts_of, formats_of, has_options, is_fewshot, styles_of
 from flanpipe.hashing import TEMPLATE, mix64
 from flanpipe.jobs import NUM_TEMPLATES, DatasetJob, RenderSettings
 from flanpipe.read import fields_of, load_chunk
-from flanpipe.spec import FewShot
+from flanpipe.spec import FewShot, OptionsFormat
 from flanpipe.store import read_stats, read_table, write_stats, write_table
 from flanpipe.templates import CompiledDataset, Rendered
 from flanpipe.tokenizer import Tokenizer
@@ -25,6 +26,10 @@ RENDERED_SCHEMA = pa.schema([
     ("turned", pa.bool_()), ("inputs", pa.string()), ("targets", pa.string()),
     ("input_ids", pa.list_(pa.int32())), ("target_ids", pa.list_(pa.int32())),
 ])
+# With several option styles, eval rows also record the header and item style their OPTIONS suffix used.
+STYLE_FIELDS = [pa.field("options_header", pa.string()), pa.field("options_item", pa.string())]
+# With prompt formats, a rendered train row records its use's format (zsopt, fsopt, zsnoopt, fsnoopt).
+FORMAT_FIELD = pa.field("format", pa.string())
 EVAL_SCHEMA = pa.schema([
     ("dataset", pa.string()), ("split", pa.string()), ("example_key", pa.string()), ("template", pa.int32()),
     ("turned", pa.bool_()), ("inputs", pa.string()), ("targets", pa.string()),
@@ -86,50 +91,66 @@ class Exemplars:
         self.keys = pool.column("key").to_pylist()
         self.row_of = {k: i for i, k in enumerate(self.keys)}
         self.values = fields_of(compiled, pool)
-        self._texts: dict[tuple[int, int], tuple[str, int]] = {}
+        self._texts: dict[tuple[int, int, tuple[int, int], bool], tuple[str, int]] = {}
 
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode_batch([text])[0])
 
-    def picks(self, key: str, key_hash: int) -> list[int]:
-        """The pool rows shown before this query (the same for all of its templates)."""
-        return pick_exemplars(len(self.keys), key_hash, self.fewshot.max_exemplars,
+    def picks(self, key: str, key_hash: int, count: int | None = None) -> list[int]:
+        """The pool rows shown before this query (the same for all of its templates): ``count`` of them, or
+        max_exemplars."""
+        return pick_exemplars(len(self.keys), key_hash, count or self.fewshot.max_exemplars,
                               exclude=self.row_of.get(key, -1))
 
-    def _text(self, row: int, template: int) -> tuple[str, int]:
-        memo = (row, template)
+    def _text(self, row: int, template: int, style: tuple[int, int], with_options: bool) -> tuple[str, int]:
+        memo = (row, template, style, with_options)
         if memo not in self._texts:
             r = self.compiled.render(self.values[row], template, mode=self.mode,  # type: ignore[arg-type]
-                                     options_format=self.settings.options_format, key=self.keys[row])
+                                     options_format=self.settings.options_format, key=self.keys[row],
+                                     style=style, with_options=with_options)
             text = exemplar_text(r.inputs, r.targets, self.fewshot)
             self._texts[memo] = (text, self.count(text))
         return self._texts[memo]
 
-    def prefix(self, query: Rendered, picks: Sequence[int]) -> Rendered:
-        """The query with as many exemplars (rendered with its template) as fit the token budget."""
-        texts = [self._text(row, max(query.template, 0)) for row in picks]
+    def prefix(self, query: Rendered, picks: Sequence[int], style: tuple[int, int] = (0, 0),
+               with_options: bool = True) -> Rendered:
+        """The query with as many exemplars as fit the token budget, rendered like it: its template, option style
+        and with or without the OPTIONS suffix."""
+        texts = [self._text(row, max(query.template, 0), style, with_options) for row in picks]
         inputs, _ = compose(query.inputs, [t for t, _ in texts], [n for _, n in texts], self.fewshot, self.count)
         return Rendered(inputs, query.targets, query.options, query.template, query.turned)
 
 
 def render_train(compiled: CompiledDataset, chunk: pa.Table, variant: int, settings: RenderSettings,
                  tokenizer: Tokenizer, *, shots: Exemplars | None = None) -> pa.Table:
-    """Render and tokenize variant ``variant`` of every example of a stored chunk."""
+    """Render and tokenize variant ``variant`` of every example of a stored chunk.
+
+    With ``settings.formats`` each use gets a prompt format by stable hash (few-shot formats take
+    exemplars from ``shots``, noopt ones leave the OPTIONS suffix out), recorded in a 'format'
+    column; without it every use is few-shot when ``shots`` is given, zero-shot otherwise.
+    """
     mode = settings.instructions
     keys = chunk.column("key").to_pylist()
     hashes = np.asarray(chunk.column("key_hash"))
     templates = templates_of(np.asarray(chunk.column("index")), hashes, variant, settings, len(compiled.templates))
+    n = len(keys)
+    formats = formats_of(hashes, variant, settings.formats) if settings.formats else None
+    styles = styles_of(hashes, variant, settings.options_format)
+    fewshot = settings.fewshot
+    counts = (exemplar_counts_of(hashes, variant, fewshot.exemplar_counts)
+              if fewshot is not None and fewshot.exemplar_counts else [None] * n)
     inputs, targets, used, turned = [], [], [], []
-    for values, key, h, t in zip(fields_of(compiled, chunk), keys, hashes.tolist(), templates):
+    for i, (values, key, h, t) in enumerate(zip(fields_of(compiled, chunk), keys, hashes.tolist(), templates)):
+        with_options = formats is None or has_options(formats[i])
         r = compiled.render(values, t, mode=mode, options_format=settings.options_format,  # type: ignore[arg-type]
-                            key=key)
-        if shots is not None:
-            r = shots.prefix(r, shots.picks(key, h))
+                            key=key, style=styles[i], with_options=with_options)
+        if shots is not None and (formats is None or is_fewshot(formats[i])):
+            r = shots.prefix(r, shots.picks(key, h, counts[i]), styles[i], with_options)
         inputs.append(r.inputs)
         targets.append(r.targets)
         used.append(r.template)
         turned.append(r.turned)
-    return pa.table({
+    table = pa.table({
         "row": chunk.column("row"), "key": chunk.column("key"), "key_hash": chunk.column("key_hash"),
         "template": pa.array(used, pa.int32()), "turned": pa.array(turned, pa.bool_()),
         "inputs": pa.array(inputs, pa.string()), "targets": pa.array(targets, pa.string()),
@@ -138,6 +159,9 @@ def render_train(compiled: CompiledDataset, chunk: pa.Table, variant: int, setti
         "input_ids": token_lists(tokenizer, inputs, settings.inputs_length if settings.truncate == "right" else None),
         "target_ids": token_lists(tokenizer, targets, settings.targets_length),
     }, schema=RENDERED_SCHEMA)
+    if formats is not None:
+        table = table.append_column(FORMAT_FIELD, pa.array(formats, pa.string()))
+    return table
 
 
 def render_eval(compiled: CompiledDataset, split: str, chunk: pa.Table, settings: RenderSettings, *,
@@ -152,15 +176,29 @@ def render_eval(compiled: CompiledDataset, split: str, chunk: pa.Table, settings
     rows: dict[str, list[Any]] = {name: [] for name in EVAL_SCHEMA.names}
     keys = chunk.column("key").to_pylist()
     hashes = chunk.column("key_hash").to_pylist()
-    for values, key, h in zip(fields_of(compiled, chunk), keys, hashes):
+    fmt = settings.options_format
+    styles = styles_of(np.asarray(chunk.column("key_hash")), 0, fmt)  # one option style per eval example
+    used: list[tuple[int, int] | None] = []  # None: the row has no OPTIONS suffix (generation, turned)
+    for values, key, h, style in zip(fields_of(compiled, chunk), keys, hashes, styles):
         picks = shots.picks(key, h) if shots is not None else ()
         for t in templates:
             r = compiled.render(values, t, mode=mode,  # type: ignore[arg-type]
-                                options_format=settings.options_format, key=key)
+                                options_format=fmt, key=key, style=style)
             if shots is not None:
-                r = shots.prefix(r, picks)
+                r = shots.prefix(r, picks, style)
             add_eval_row(rows, compiled.spec.name, split, key, r)
-    return pa.table(rows, schema=EVAL_SCHEMA)
+            used.append(style if r.options else None)
+    table = pa.table(rows, schema=EVAL_SCHEMA)
+    if fmt.varied:
+        for field, styles_of_kind, at in ((STYLE_FIELDS[0], fmt.headers, 0), (STYLE_FIELDS[1], fmt.items, 1)):
+            table = table.append_column(field, pa.array([None if u is None else styles_of_kind[u[at]] for u in used],
+                                                        pa.string()))
+    return table
+
+
+def eval_schema(fmt: OptionsFormat) -> pa.Schema:
+    """The eval rows' schema: EVAL_SCHEMA, plus the option style columns when ``fmt`` lists several styles."""
+    return pa.schema(list(EVAL_SCHEMA) + STYLE_FIELDS) if fmt.varied else EVAL_SCHEMA
 
 
 def add_eval_row(rows: dict[str, list[Any]], dataset: str, split: str, key: str, r: Rendered) -> None:

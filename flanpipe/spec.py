@@ -9,7 +9,8 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from flanpipe.errors import SpecError, did_you_mean
 from flanpipe.paths import package_path
@@ -346,11 +347,41 @@ MixtureSize = Annotated[
 
 
 class OptionsFormat(BaseModel):
-    """How the OPTIONS suffix is written after a classification input."""
+    """How the OPTIONS suffix is written after a classification input: one style, or several chosen per example."""
 
     model_config = _STRICT
-    header: str = Field(description="Text after the input, before the first option (default '\\n\\nOPTIONS:').")
-    item: str = Field(description="Format of each option; '{option}' is replaced (default '\\n- {option}').")
+    header: str | list[str] = Field(description=(
+        "Text after the input, before the first option (default '\\n\\nOPTIONS:'); a list: one header per "
+        "example, chosen by stable hash with equal shares."))
+    item: str | list[str] = Field(description=(
+        "Format of each option: '{option}' is replaced by the option, '{letter}' by A, B, C..., '{roman}' by "
+        "i, ii, iii..., '{number}' by 1, 2, 3... (default '\\n- {option}'); a list: one item style per example, "
+        "chosen by stable hash with equal shares."))
+
+    @model_validator(mode="after")
+    def _check(self) -> OptionsFormat:
+        for name, values in (("header", self.headers), ("item", self.items)):
+            if not values:
+                raise ValueError(f"{name}: the list is empty; give at least one")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: lists a style twice")
+        for item in self.items:
+            if item.count("{option}") != 1:
+                raise ValueError(f"item {item!r} must contain '{{option}}' exactly once")
+        return self
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        return (self.header,) if isinstance(self.header, str) else tuple(self.header)
+
+    @property
+    def items(self) -> tuple[str, ...]:
+        return (self.item,) if isinstance(self.item, str) else tuple(self.item)
+
+    @property
+    def varied(self) -> bool:
+        """Several styles may be listed: the eval sets then record each row's header and item."""
+        return not (isinstance(self.header, str) and isinstance(self.item, str))
 
 
 class FewShot(BaseModel):
@@ -361,6 +392,30 @@ class FewShot(BaseModel):
     max_tokens: int = Field(gt=0, description="Exemplars + query input fit in this many tokens (paper: 960).")
     input_target_separator: str = Field(description="Between an exemplar's input and its target.")
     exemplar_separator: str = Field(description="Between consecutive exemplars and before the query.")
+    exemplar_counts: list[int] | None = Field(default=None, description=(
+        "Training uses draw their number of exemplars from this set by stable hash, equal shares (Flan 2022: "
+        "[1, 2, 5, 10]); each at most max_exemplars. None: every use asks for max_exemplars. Either way the "
+        "exemplars are then dropped from the end until they fit max_tokens; eval sets use max_exemplars."))
+
+    @model_validator(mode="after")
+    def _check(self) -> FewShot:
+        counts = self.exemplar_counts
+        if counts is not None:
+            if not counts:
+                raise ValueError("exemplar_counts: the list is empty; give at least one count or omit it")
+            bad = [n for n in counts if not 1 <= n <= self.max_exemplars]
+            if bad:
+                raise ValueError(f"exemplar_counts: {bad[0]} is outside 1..max_exemplars "
+                                 f"({self.max_exemplars})")
+            if len(set(counts)) != len(counts):
+                raise ValueError("exemplar_counts: lists a count twice")
+        return self
+
+
+# Flan 2022's four prompt formats: zero-/few-shot, with/without the OPTIONS suffix.
+PROMPT_FORMATS: tuple[str, ...] = ("zsopt", "fsopt", "zsnoopt", "fsnoopt")
+PromptFormat = Literal["zsopt", "fsopt", "zsnoopt", "fsnoopt"]
+SHARE_EPSILON = 1e-6
 
 
 class Output(BaseModel):
@@ -418,6 +473,11 @@ class PipelineSpec(BaseModel):
     template_choice: Literal["hash", "round_robin"] = Field(description="How each example's template is chosen.")
     options_format: OptionsFormat
     fewshot: FewShot | None = Field(default=None, description="Few-shot variant; None builds zero-shot data.")
+    formats: dict[PromptFormat, float] | None = Field(default=None, description=(
+        "Prompt formats of the training uses with their shares (summing to 1), e.g. {zsopt: 0.25, fsopt: 0.25, "
+        "zsnoopt: 0.25, fsnoopt: 0.25}: fs = with exemplars (needs 'fewshot'), noopt = without the OPTIONS "
+        "suffix. Each use's format is chosen by stable hash and recorded in examples/*.parquet (column "
+        "'format'). None: every use is zero-shot with options, or few-shot with options when 'fewshot' is set."))
     prompt_tuning_sets: bool = Field(
         description="Also write each held-out dataset's rendered train examples (prompt_tuning/<dataset>.parquet).")
     output: Output
@@ -427,6 +487,24 @@ class PipelineSpec(BaseModel):
         "manifest and the compile summary. A template that fails on valid fields is an error either way."))
     template_limits: TemplateLimits = Field(default_factory=TemplateLimits,
                                             description="Cost limits of rendering one template field.")
+
+    @field_validator("formats", mode="after")
+    @classmethod
+    def _check_formats(cls, formats: dict[str, float] | None, info: ValidationInfo) -> dict[str, float] | None:
+        if formats is None:
+            return formats
+        if not formats:
+            raise ValueError("give at least one format with its share, or omit 'formats'")
+        for name, share in formats.items():
+            if not share > 0:
+                raise ValueError(f"{name}: a share must be > 0, got {share}")
+        total = sum(formats.values())
+        if abs(total - 1) > SHARE_EPSILON:
+            raise ValueError(f"shares must sum to 1, got {total:g}")
+        few = sorted(f for f in formats if f.startswith("fs"))
+        if few and info.data.get("fewshot") is None:
+            raise ValueError(f"{few[0]} is few-shot: it needs a 'fewshot:' block (separators, max_tokens)")
+        return formats
 
 
 # --------------------------------------------------------------------------- loading
@@ -607,7 +685,7 @@ def _resolve_extends(path: Path, chain: tuple[Path, ...]) -> Located:
 
 
 # Top-level keys whose value is one of several variants: a child replaces them whole.
-_REPLACED_WHOLE = frozenset({"source", "mixture_size", "fewshot"})
+_REPLACED_WHOLE = frozenset({"source", "mixture_size", "fewshot", "formats"})
 
 
 def _deep_merge(base: Any, override: Any, top: bool = True) -> Any:

@@ -272,16 +272,20 @@ class CompiledDataset:
         mode: Mode = "natural",
         options_format: OptionsFormat = DEFAULT_OPTIONS_FORMAT,
         key: str | None = None,
+        style: tuple[int, int] = (0, 0),
+        with_options: bool = True,
     ) -> Rendered:
         """Render one example's fields with template ``template`` (ignored outside 'natural' mode); ``key``: the
-        example's key, named by any error."""
+        example's key, named by any error. ``style``: which of ``options_format``'s headers and items the
+        OPTIONS suffix uses; ``with_options=False`` leaves the suffix out (the 'noopt' formats) while
+        ``options`` still lists the options."""
         try:
-            return self._render(values, template, mode, options_format)
+            return self._render(values, template, mode, options_format, style, with_options)
         except TemplateError as e:
             raise (e if key is None else e.for_example(key)) from None
 
-    def _render(self, values: Mapping[str, Any], template: int, mode: Mode, options_format: OptionsFormat
-                ) -> Rendered:
+    def _render(self, values: Mapping[str, Any], template: int, mode: Mode, options_format: OptionsFormat,
+                style: tuple[int, int] = (0, 0), with_options: bool = True) -> Rendered:
         options: tuple[str, ...] = tuple(values["options"]) if self.spec.kind == "classification" else ()
         if mode == "natural":
             spec_t = self.spec.templates[template]
@@ -295,8 +299,8 @@ class CompiledDataset:
             raw = "\n".join(_text(values[name]) for name in self.spec.raw.inputs)
             prefix = f"[{self.cluster_title}: {self.spec.title}] " if mode == "dataset_name" else ""
             inputs, targets, template = prefix + raw, _text(values[self.spec.raw.target]), -1
-        if options:
-            inputs += options_suffix(options, options_format)
+        if options and with_options:
+            inputs += options_suffix(options, options_format, style)
         return Rendered(inputs, targets, options, template, False)
 
     def _run(self, template: jinja2.Template | Substitution, scope: dict[str, Any], loc: tuple[str | int, ...]) -> str:
@@ -324,9 +328,46 @@ def _context(template: jinja2.Template, scope: dict[str, Any]) -> jinja2.runtime
     return jinja2.runtime.new_context(template.environment, template.name, template.blocks, scope, True, None, None)
 
 
-def options_suffix(options: Sequence[str], fmt: OptionsFormat = DEFAULT_OPTIONS_FORMAT) -> str:
-    """The OPTIONS suffix appended to a classification input."""
-    return fmt.header + "".join(fmt.item.replace("{option}", o) for o in options)
+def options_suffix(options: Sequence[str], fmt: OptionsFormat = DEFAULT_OPTIONS_FORMAT,
+                   style: tuple[int, int] = (0, 0)) -> str:
+    """The OPTIONS suffix appended to a classification input, in header ``style[0]`` and item style ``style[1]``."""
+    item = fmt.items[style[1]]
+    return fmt.headers[style[0]] + "".join(option_item(item, i, o) for i, o in enumerate(options))
+
+
+def option_item(item: str, index: int, option: str) -> str:
+    """Option ``index`` (from 0) written in item style ``item``: its markers first, the option text last, so an
+    option that itself contains '{letter}' stays as it is."""
+    if "{letter}" in item:
+        item = item.replace("{letter}", letter(index))
+    if "{roman}" in item:
+        item = item.replace("{roman}", roman(index + 1))
+    if "{number}" in item:
+        item = item.replace("{number}", str(index + 1))
+    return item.replace("{option}", option)
+
+
+def letter(index: int) -> str:
+    """0 -> 'A', 25 -> 'Z', 26 -> 'AA' (spreadsheet columns)."""
+    out = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        out = chr(ord("A") + rest) + out
+    return out
+
+
+_ROMAN = ((1000, "m"), (900, "cm"), (500, "d"), (400, "cd"), (100, "c"), (90, "xc"), (50, "l"), (40, "xl"),
+          (10, "x"), (9, "ix"), (5, "v"), (4, "iv"), (1, "i"))
+
+
+def roman(number: int) -> str:
+    """1 -> 'i', 4 -> 'iv', 14 -> 'xiv' (lower case, as option markers are written)."""
+    out = []
+    for value, text in _ROMAN:
+        count, number = divmod(number, value)
+        out.append(text * count)
+    return "".join(out)
 
 
 def _dotted(loc: tuple[str | int, ...]) -> str:

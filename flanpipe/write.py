@@ -26,7 +26,7 @@ from flanpipe.mixing import Mixture, pieces, shard_range, windows
 from flanpipe.packing import Items, Placement, Trim, bound_parts, build_rows, pack, sizes_of, trim
 from flanpipe.read import CHUNK_ROWS
 from flanpipe.records import encode_rows
-from flanpipe.render import EVAL_SCHEMA
+from flanpipe.render import FORMAT_FIELD, eval_schema
 from flanpipe.schema import RecordLayout
 from flanpipe.store import TableCache, read_table
 
@@ -38,6 +38,16 @@ EXAMPLES_SCHEMA = pa.schema([
     ("input_tokens", pa.int32()), ("target_tokens", pa.int32()), ("input_truncated", pa.bool_()),
     ("target_truncated", pa.bool_()), ("row", pa.int32()), ("segment", pa.int32()),
 ])
+
+
+
+def examples_schema(formats: bool) -> pa.Schema:
+    """examples/*.parquet's schema: with prompt formats, a 'format' column after 'turned'."""
+    if not formats:
+        return EXAMPLES_SCHEMA
+    return EXAMPLES_SCHEMA.insert(EXAMPLES_SCHEMA.get_field_index("turned") + 1, FORMAT_FIELD)
+
+
 # Packed-row Parquet: fixed-length int lists. Dictionaries and page statistics cost more time
 # than they save bytes; byte-stream-split (int32 split into byte planes) with zstd level 1 is
 # both the fastest and the smallest here (measured on packed rows: 53 vs 87 ns per position
@@ -72,8 +82,8 @@ class DatasetStats:
 class RenderedRows:
     """Rows of one dataset's rendered train variants, read through a shared byte-bounded table cache."""
 
-    def __init__(self, job: DatasetJob, cache: TableCache):
-        self.job, self.cache = job, cache
+    def __init__(self, job: DatasetJob, cache: TableCache, columns: list[str] = COLUMNS):
+        self.job, self.cache, self.columns = job, cache, columns
 
     def take(self, variant: int, start: int, stop: int) -> pa.Table:
         """Rows ``start..stop-1`` of a variant (variants past the templates available repeat them)."""
@@ -82,7 +92,7 @@ class RenderedRows:
         for chunk in range(start // CHUNK_ROWS, (stop - 1) // CHUNK_ROWS + 1):
             lo, hi = max(start, chunk * CHUNK_ROWS), min(stop, (chunk + 1) * CHUNK_ROWS)
             parts.append(self.cache.rows(self.job.entry.rendered(variant, chunk), lo - chunk * CHUNK_ROWS,
-                                         hi - chunk * CHUNK_ROWS, COLUMNS))
+                                         hi - chunk * CHUNK_ROWS, self.columns))
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
@@ -131,6 +141,7 @@ class _Counts:
         self.names = names
         self.datasets = np.zeros(len(names), np.int64)
         self.templates: Counter[str] = Counter()
+        self.formats: Counter[str] | None = None  # '<dataset>/<format>' -> uses, with prompt formats
         self.totals = Counter({"rows": 0, "examples": 0, "tokens": 0, "input_truncated": 0, "target_truncated": 0,
                                "turned": 0})
         self.full = 0
@@ -146,32 +157,40 @@ class _Counts:
         pairs = np.bincount(w.dataset * 11 + (template + 1), minlength=len(self.names) * 11)
         for flat in np.flatnonzero(pairs).tolist():
             self.templates[f"{self.names[flat // 11]}/{flat % 11 - 1}"] += int(pairs[flat])
+        if "format" in w.table.column_names:
+            self.formats = self.formats if self.formats is not None else Counter()
+            self.formats.update(f"{self.names[d]}/{f}" for d, f in
+                                zip(w.dataset.tolist(), w.table.column("format").to_pylist()))
         self.totals.update({"rows": rows, "examples": len(w.dataset), "tokens": int(sizes.sum()),
                             "input_truncated": int(t.input_truncated.sum()),
                             "target_truncated": int(t.target_truncated.sum()),
                             "turned": int(np.asarray(w.table.column("turned")).sum())})
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.totals, "datasets": {n: int(c) for n, c in zip(self.names, self.datasets) if c},
-                "templates": dict(sorted(self.templates.items())), "bound": {"full": self.full, "rest": self.rest}}
+        out = {**self.totals, "datasets": {n: int(c) for n, c in zip(self.names, self.datasets) if c},
+               "templates": dict(sorted(self.templates.items())), "bound": {"full": self.full, "rest": self.rest}}
+        if self.formats is not None:
+            out["formats"] = dict(sorted(self.formats.items()))
+        return out
 
 
 def _examples(w: Window, order: np.ndarray, t: Trim, row: np.ndarray, segment: np.ndarray, row_offset: int,
-              names: pa.Array, clusters: pa.Array) -> pa.Table:
+              names: pa.Array, clusters: pa.Array, schema: pa.Schema = EXAMPLES_SCHEMA) -> pa.Table:
     """The window's rendered examples in packed order (row, then segment), one Parquet row each."""
     taken = w.table.take(pa.array(order))
     index = pa.array(w.dataset[order])
+    formats = {"format": taken.column("format")} if "format" in schema.names else {}
     return pa.table({
         "dataset": pc.take(names, index), "cluster": pc.take(clusters, index),
         "example_key": taken.column("key"), "variant": pa.array(w.variant[order]),
-        "template": taken.column("template"), "turned": taken.column("turned"),
+        "template": taken.column("template"), "turned": taken.column("turned"), **formats,
         "inputs": taken.column("inputs"), "targets": taken.column("targets"),
         "input_tokens": pa.array(t.input_length[order].astype(np.int32)),
         "target_tokens": pa.array(t.target_length[order].astype(np.int32)),
         "input_truncated": pa.array(t.input_truncated[order]), "target_truncated": pa.array(t.target_truncated[order]),
         "row": pa.array((row[order] + row_offset).astype(np.int32)),
         "segment": pa.array(segment[order].astype(np.int32)),
-    }, schema=EXAMPLES_SCHEMA)
+    }, schema=schema)
 
 
 def _rows_table(rows: Mapping[str, np.ndarray], layout: RecordLayout) -> pa.Table:
@@ -197,10 +216,14 @@ def write_shard(ctx: JobContext, mixture: MixturePlan, shard: int, mix: Mixture,
              f"examples/{name}.parquet": storage.join(base, "examples", f"{name}.parquet")}
     records = ArrayRecordSink(files[f"train/{name}.array_record"])
     rows_out = ParquetSink(files[f"train/{name}.parquet"], rows_schema(layout), **ROWS_OPTIONS)
-    examples_out = ParquetSink(files[f"examples/{name}.parquet"], EXAMPLES_SCHEMA, **EXAMPLES_OPTIONS)
+    schema = examples_schema(ctx.formats)
+    options = ({**EXAMPLES_OPTIONS, "use_dictionary": [*EXAMPLES_OPTIONS["use_dictionary"], "format"]}
+               if ctx.formats else EXAMPLES_OPTIONS)
+    examples_out = ParquetSink(files[f"examples/{name}.parquet"], schema, **options)
     names = sorted(mix.uses)
     kept = {d: stats[d].kept for d in names}
-    readers = {d: RenderedRows(ctx.datasets[d], cache) for d in names}
+    columns = [*COLUMNS, "format"] if ctx.formats else COLUMNS
+    readers = {d: RenderedRows(ctx.datasets[d], cache, columns) for d in names}
     name_array = pa.array(names, pa.string())
     cluster_array = pa.array([ctx.datasets[d].spec.cluster for d in names], pa.string())
     counts = _Counts(names)
@@ -223,7 +246,7 @@ def write_shard(ctx: JobContext, mixture: MixturePlan, shard: int, mix: Mixture,
         records.write_all(encode_rows(arrays))
         rows_out.write(_rows_table(arrays, layout))
         order = np.lexsort((segment, row))
-        examples_out.write(_examples(w, order, t, row, segment, row_offset, name_array, cluster_array))
+        examples_out.write(_examples(w, order, t, row, segment, row_offset, name_array, cluster_array, schema))
         counts.add(w, t, sizes, capacity, placed.rows)
         row_offset += placed.rows
     digests = {rel: sink.commit() for rel, sink in ((f"train/{name}.array_record", records),
@@ -262,7 +285,7 @@ def write_eval(ctx: JobContext, split: str, job: DatasetJob, chunks: Mapping[str
         if fewshot and not (urls and storage.exists(urls[0])):
             continue  # a zero-shot pipeline, or a dataset without a train pool
         rel = f"{folder}/{job.name}.parquet"
-        sink = ParquetSink(storage.join(base, rel), EVAL_SCHEMA)
+        sink = ParquetSink(storage.join(base, rel), eval_schema(job.settings.options_format))
         _stream(sink, urls)
         digests[rel] = sink.commit()
     if ctx.prompt_tuning_sets and "train" in job.spec.source.splits:

@@ -96,6 +96,32 @@ def test_missing_options():
     assert (g["template"], g["count"], g["examples"][0]["example_key"]) == (1, 1, "b")
 
 
+def test_missing_options_knows_every_configured_style_and_skips_noopt_uses():
+    fmt = OptionsFormat(header=["\n\nOPTIONS:", "\n\nPick from:"], item=["\n- {option}", "\n({letter}) {option}"])
+    lint = Lint(fmt, {"cls": "classification"})
+    base = {"dataset": "cls", "variant": 0, "targets": "yes", "turned": False}
+    lint.add_rows([{**base, "example_key": "a", "template": 0, "inputs": "Is it?\n\nPick from:\n(A) yes\n(B) no"},
+                   {**base, "example_key": "b", "template": 1, "inputs": "Is it?\n\nOPTIONS:\n- yes\n- no"},
+                   {**base, "example_key": "c", "template": 2, "inputs": "Is it?", "format": "zsnoopt"},
+                   {**base, "example_key": "d", "template": 3, "inputs": "Is it?", "format": "fsnoopt"},
+                   {**base, "example_key": "e", "template": 4, "inputs": "Is it?", "format": "fsopt"}],
+                  split="s", source="train")
+    [g] = [x for x in lint.findings() if x["rule"] == "missing_options"]
+    # a noopt use leaves the suffix out on purpose; an opt use without one is still flagged
+    assert (g["template"], g["count"], g["examples"][0]["example_key"]) == (4, 1, "e")
+
+
+def test_noopt_uses_do_not_make_a_classification_dataset_look_like_generation():
+    lint = Lint(FMT, {})
+    rows = [{"dataset": "cls", "variant": 0, "targets": "yes" if i % 2 else "no", "turned": False,
+             "example_key": f"k{i}", "template": i % 10,
+             "inputs": f"Question {i}?" + ("" if i % 4 else "\n\nOPTIONS:\n- no\n- yes"),
+             "format": "zsnoopt" if i % 4 else "zsopt"} for i in range(80)]
+    lint.add_rows(rows, split="s", source="train")
+    assert lint.kind_of("cls") == "classification"
+    assert [f for f in lint.findings() if f["rule"] == "missing_options"] == []
+
+
 def test_control_characters():
     [f] = _findings("control_chars")
     rows = _train_rows("odd_chars")

@@ -15,6 +15,7 @@ import pytest
 
 from flanpipe.audit.stats import option_balance, split_options
 from flanpipe.spec import OptionsFormat
+from flanpipe.templates import options_suffix
 
 from audit_fixtures import audited, compiled
 
@@ -117,6 +118,21 @@ def test_split_options_parses_only_a_real_suffix():
     assert split_options("Q?\n\nOPTIONS: yes", FMT)[1] is None
     custom = OptionsFormat(header=" Choices:", item=" [{option}]")
     assert split_options("Q? Choices: [x] [y z]", custom) == ("Q?", ["x", "y z"])
+
+
+def test_split_options_reads_every_listed_header_and_item_style():
+    fmt = OptionsFormat(header=["\n\nOPTIONS:", "\n\nChoices:", "\n\nPick from:"],
+                        item=["\n- {option}", "\n({letter}) {option}", "\n{roman}. {option}"])
+    for h in range(3):
+        for i in range(3):
+            text = "Q? (A) is a letter" + options_suffix(["yes", "no (B) maybe", "iii. x"], fmt, (h, i))
+            assert split_options(text, fmt) == ("Q? (A) is a letter", ["yes", "no (B) maybe", "iii. x"]), (h, i)
+    assert split_options("Q?\n\nChoices:\n(B) yes\n(C) no", fmt)[1] is None  # markers do not start at A
+    assert split_options("Q?\n\nPick from:\nii. yes", fmt)[1] is None  # nor at i
+    assert split_options("Q?\n\nPick from: yes", fmt)[1] is None  # no item style
+    # an option may hold a line break: what follows the first marker is one option when no second marker follows
+    assert split_options("Q?\n\nChoices:\n(A) yes\n(C) no", fmt) == ("Q?", ["yes\n(C) no"])
+    assert split_options("Q?", fmt) == ("Q?", None)
 
 
 def _check(value: Any, schema: dict[str, Any], defs: dict[str, Any], where: str) -> list[str]:

@@ -48,3 +48,14 @@ def test_models_refuse_unknown_fields():
     summary = manifest.summarize(SHARDS, LAYOUT).model_dump()
     with pytest.raises(ValueError, match="extra"):
         manifest.Summary.model_validate({**summary, "surprise": 1})
+
+
+def test_format_counts_add_up_and_are_absent_without_formats():
+    plain = manifest.counts([SHARDS[0], SHARDS[1]], {"a": "c1", "b": "c2"})
+    assert "formats" not in plain.model_dump(mode="json") and "dataset_formats" not in plain.model_dump(mode="json")
+    with_formats = [{**SHARDS[0], "formats": {"a/zsopt": 2, "a/fsnoopt": 1}},
+                    {**SHARDS[1], "formats": {"a/zsopt": 1, "b/fsnoopt": 4}}]
+    tally = manifest.counts(with_formats, {"a": "c1", "b": "c2"})
+    assert tally.formats == {"fsnoopt": 5, "zsopt": 3}
+    assert tally.dataset_formats == {"a/fsnoopt": 1, "a/zsopt": 3, "b/fsnoopt": 4}
+    assert manifest.Counts.model_validate(tally.model_dump(mode="json")) == tally

@@ -68,3 +68,101 @@ def test_a_rendered_chunk_is_stored_once_with_its_statistics(world):
     read.read_split(job, "test")
     evals = render_unit(job, "test", 0, 0)
     assert evals["rows"] == 10 * evals["examples"] == 100  # every template of every example
+
+
+def _formatted(job, *, max_tokens: int = 4000, counts=(1, 2, 3), formats=None):
+    """rte's job settings with the four prompt formats, several option styles and a few-shot block."""
+    from dataclasses import replace
+
+    from flanpipe.formats import shares_of
+    from flanpipe.spec import FewShot, OptionsFormat
+
+    fewshot = FewShot(max_exemplars=3, max_tokens=max_tokens, input_target_separator="\n",
+                      exemplar_separator="\n\n", exemplar_counts=list(counts))
+    fmt = OptionsFormat(header=["\n\nOPTIONS:", "\n\nChoices:", "\n\nPick from:"],
+                        item=["\n- {option}", "\n({letter}) {option}"])
+    formats = formats or {"zsopt": 0.25, "fsopt": 0.25, "zsnoopt": 0.25, "fsnoopt": 0.25}
+    return replace(job.settings, fewshot=fewshot, options_format=fmt, formats=shares_of(formats))
+
+
+def test_prompt_formats_noopt_has_no_suffix_and_fs_carries_exemplars(world):
+    from flanpipe.audit.stats import split_options
+    from flanpipe.render import Exemplars
+    from flanpipe.store import read_table
+
+    _, jobs, _ = world_jobs(world, cache="cache-r3")
+    job = jobs["rte"]
+    read.read_split(job, "train")
+    settings = _formatted(job)
+    chunk = read.load_chunk(job, "train", 0)
+    shots = Exemplars(job.compiled, read_table(job.entry.fields("train", 0)), settings, job.tokenizer, "natural")
+    values = read.fields_of(job.compiled, chunk)
+    seen = set()
+    for variant in range(4):
+        table = render_train(job.compiled, chunk, variant, settings, job.tokenizer, shots=shots)
+        assert table.column_names[-1] == "format"
+        for i, r in enumerate(table.to_pylist()):
+            seen.add(r["format"])
+            opt, fs = not r["format"].endswith("noopt"), r["format"].startswith("fs")
+            body, parsed = split_options(r["inputs"], settings.options_format)
+            if r["turned"]:
+                assert parsed is None
+            elif opt:
+                assert parsed == ["yes", "no"] and body
+            else:  # noopt: no header of any style at the end of the input
+                assert parsed is None
+                assert not any(h in r["inputs"][-40:] for h in settings.options_format.headers)
+            query = job.compiled.render(values[i], r["template"], options_format=settings.options_format,
+                                        style=_style(r, settings, variant), with_options=opt)
+            assert r["inputs"].endswith(query.inputs)
+            if fs:  # at least one exemplar before the query (the budget allows it here)
+                assert len(r["inputs"]) > len(query.inputs) and r["inputs"].count("\n\n") >= 1
+                if not opt:
+                    assert split_options(r["inputs"][:-len(query.inputs)], settings.options_format)[1] is None
+            else:
+                assert r["inputs"] == query.inputs
+    assert seen == {"zsopt", "fsopt", "zsnoopt", "fsnoopt"}
+
+
+def _style(row, settings, variant: int = 0):
+    """The option style of a rendered row's use, as render_train draws it."""
+    from flanpipe.formats import styles_of
+
+    return styles_of(np.array([row["key_hash"]], np.uint64), variant, settings.options_format)[0]
+
+
+def test_few_shot_uses_take_the_drawn_count_and_the_budget_prunes_them(world):
+    from flanpipe.fewshot import exemplar_text
+    from flanpipe.render import Exemplars
+    from flanpipe.store import read_table
+
+    _, jobs, _ = world_jobs(world, cache="cache-r4")
+    job = jobs["rte"]
+    read.read_split(job, "train")
+    chunk = read.load_chunk(job, "train", 0)
+    pool = read_table(job.entry.fields("train", 0))
+    one = _formatted(job, counts=(1,), formats={"fsopt": 1.0})
+    shots = Exemplars(job.compiled, pool, one, job.tokenizer, "natural")
+    table = render_train(job.compiled, chunk, 0, one, job.tokenizer, shots=shots)
+    values, pool_values = read.fields_of(job.compiled, chunk), read.fields_of(job.compiled, pool)
+    for i, r in enumerate(table.to_pylist()):
+        [row] = shots.picks(r["key"], r["key_hash"], 1)
+        style = _style(r, one)
+        exemplar = job.compiled.render(pool_values[row], r["template"], options_format=one.options_format, style=style)
+        query = job.compiled.render(values[i], r["template"], options_format=one.options_format, style=style)
+        assert r["inputs"] == exemplar_text(exemplar.inputs, exemplar.targets, one.fewshot) + query.inputs
+    tight = _formatted(job, counts=(1,), formats={"fsopt": 1.0}, max_tokens=8)  # no exemplar fits
+    shots = Exemplars(job.compiled, pool, tight, job.tokenizer, "natural")
+    pruned = render_train(job.compiled, chunk, 0, tight, job.tokenizer, shots=shots)
+    for i, r in enumerate(pruned.to_pylist()):
+        query = job.compiled.render(values[i], r["template"], options_format=tight.options_format,
+                                    style=_style(r, tight))
+        assert r["inputs"] == query.inputs and r["format"] == "fsopt"
+
+
+def test_without_formats_rows_have_no_format_column(world):
+    _, jobs, _ = world_jobs(world, cache="cache-r5")
+    job = jobs["rte"]
+    read.read_split(job, "train")
+    table = render_train(job.compiled, read.load_chunk(job, "train", 0), 0, job.settings, job.tokenizer)
+    assert "format" not in table.column_names

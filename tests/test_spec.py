@@ -139,6 +139,62 @@ def test_non_positive_length_is_refused(tmp_path):
         load_pipeline(path)
 
 
+FEWSHOT = ("fewshot: {max_exemplars: 10, max_tokens: 1920, input_target_separator: \"\\n\", "
+           "exemplar_separator: \"\\n\\n\"}\n")
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("formats: {zsopt: 0.5, zsnoopt: 0.4}\n", "formats: shares must sum to 1, got 0.9"),
+    ("formats: {zsopt: 1.0, zsnoopt: 0}\n", "formats: zsnoopt: a share must be > 0, got 0.0"),
+    ("formats: {zsopt: 0.5, fsopt: 0.5}\n",
+     "formats: fsopt is few-shot: it needs a 'fewshot:' block (separators, max_tokens)"),
+    ("formats: {}\n", "formats: give at least one format with its share, or omit 'formats'"),
+    ("formats: {zsopt: 0.5, fsnopt: 0.5}\n" + FEWSHOT,
+     "formats.fsnopt: Input should be 'zsopt', 'fsopt', 'zsnoopt' or 'fsnoopt', got 'fsnopt'"),
+    (FEWSHOT.replace("max_exemplars: 10", "max_exemplars: 10, exemplar_counts: [1, 12]"),
+     "fewshot: exemplar_counts: 12 is outside 1..max_exemplars (10)"),
+    (FEWSHOT.replace("max_exemplars: 10", "max_exemplars: 10, exemplar_counts: []"),
+     "fewshot: exemplar_counts: the list is empty; give at least one count or omit it"),
+])
+def test_format_settings_errors_are_one_line_with_file_line_and_field(tmp_path, extra, message):
+    path = write(tmp_path / "p.yaml", PIPE + extra)
+    with pytest.raises(SpecError) as e:
+        load_pipeline(path)
+    line = _line_of(path, message.split(":")[0].split(".")[0] + ":")  # the line of the key at fault
+    assert str(e.value) == f"{path}:{line}: {message}" and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("options,message", [
+    ('{header: ["\\n\\nOPTIONS:", "\\n\\nChoices:"], item: ["\\n({letter})"]}',
+     "options_format: item '\\n({letter})' must contain '{option}' exactly once"),
+    ('{header: [], item: "\\n- {option}"}', "options_format: header: the list is empty; give at least one"),
+    ('{header: [a, a], item: "\\n- {option}"}', "options_format: header: lists a style twice"),
+])
+def test_option_style_errors_name_the_field(tmp_path, options, message):
+    text = PIPE.replace('options_format: {header: "\\n\\nOPTIONS:", item: "\\n- {option}"}',
+                        f"options_format: {options}")
+    assert text != PIPE
+    path = write(tmp_path / "p.yaml", text)
+    with pytest.raises(SpecError) as e:
+        load_pipeline(path)
+    assert str(e.value) == f"{path}:{_line_of(path, 'options_format')}: {message}"
+
+
+def test_single_and_listed_option_styles_and_formats_load(tmp_path):
+    spec, _ = load_pipeline(write(tmp_path / "p.yaml", PIPE))
+    assert spec.options_format.headers == ("\n\nOPTIONS:",) and not spec.options_format.varied
+    assert spec.formats is None and spec.fewshot is None
+    listed = PIPE.replace('options_format: {header: "\\n\\nOPTIONS:", item: "\\n- {option}"}',
+                          'options_format: {header: ["\\n\\nOPTIONS:", "\\n\\nChoices:"], item: "\\n- {option}"}')
+    spec, _ = load_pipeline(write(tmp_path / "q.yaml", listed + FEWSHOT +
+                                  "formats: {zsopt: 0.25, fsopt: 0.25, zsnoopt: 0.25, fsnoopt: 0.25}\n"))
+    assert spec.options_format.varied and spec.options_format.items == ("\n- {option}",)
+    assert spec.formats == {"zsopt": 0.25, "fsopt": 0.25, "zsnoopt": 0.25, "fsnoopt": 0.25}
+    # a child's formats replace the parent's whole (a merge would sum the shares of both)
+    child = write(tmp_path / "child.yaml", "extends: q.yaml\nname: child\nformats: {zsopt: 1}\n")
+    assert load_pipeline(child)[0].formats == {"zsopt": 1.0}
+
+
 def test_json_schemas_cover_the_three_kinds(tmp_path):
     schemas = json_schemas()
     assert set(schemas) == {"dataset", "taxonomy", "pipeline"}
@@ -172,3 +228,11 @@ def test_did_you_mean_in_pipeline_variants(tmp_path):
     with pytest.raises(SpecError) as e:
         load_pipeline(path)
     assert str(e.value) == f"{path}:3: source.data_dri: unknown key (did you mean 'data_dir'?)"
+
+
+def test_the_documented_prompt_formats_example_loads(tmp_path):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "dataset-format.md").read_text()
+    block = doc.split("# my_formats.yaml", 1)[1].split("```", 1)[0]
+    spec, _ = load_pipeline(write(tmp_path / "my_formats.yaml", block.split("\n", 1)[1]))
+    assert spec.formats == {"zsopt": 0.25, "fsopt": 0.25, "zsnoopt": 0.25, "fsnoopt": 0.25}
+    assert spec.fewshot.exemplar_counts == [1, 2, 5, 10] and spec.options_format.items[1] == "\n({letter}) {option}"

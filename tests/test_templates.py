@@ -8,7 +8,7 @@ import pytest
 
 from flanpipe.errors import TemplateError
 from flanpipe.spec import OptionsFormat, load_dataset_file
-from flanpipe.templates import CompiledDataset, make_env, options_suffix
+from flanpipe.templates import CompiledDataset, letter, make_env, option_item, options_suffix, roman
 
 from conftest import RTE
 
@@ -102,6 +102,27 @@ def test_options_suffix_default_and_custom():
     assert options_suffix(["yes", "no"]) == "\n\nOPTIONS:\n- yes\n- no"
     fmt = OptionsFormat(header="\nChoices:", item=" [{option}]")
     assert options_suffix(["a", "b"], fmt) == "\nChoices: [a] [b]"
+
+
+def test_option_styles_letters_romans_and_numbers():
+    fmt = OptionsFormat(header=["\n\nOPTIONS:", "\n\nPick from:"],
+                        item=["\n- {option}", "\n({letter}) {option}", "\n{roman}. {option}", " {number}) {option}"])
+    options = ["yes", "no", "maybe"]
+    assert options_suffix(options, fmt) == "\n\nOPTIONS:\n- yes\n- no\n- maybe"  # the first style by default
+    assert options_suffix(options, fmt, (1, 1)) == "\n\nPick from:\n(A) yes\n(B) no\n(C) maybe"
+    assert options_suffix(options, fmt, (0, 2)) == "\n\nOPTIONS:\ni. yes\nii. no\niii. maybe"
+    assert options_suffix(options, fmt, (1, 3)) == "\n\nPick from: 1) yes 2) no 3) maybe"
+    assert [letter(i) for i in (0, 1, 25, 26, 27, 701, 702)] == ["A", "B", "Z", "AA", "AB", "ZZ", "AAA"]
+    assert [roman(n) for n in (1, 4, 9, 14, 40, 90, 1994)] == ["i", "iv", "ix", "xiv", "xl", "xc", "mcmxciv"]
+    assert option_item("({letter}) {option}", 0, "say {letter}") == "(A) say {letter}"  # option text kept as is
+
+
+def test_noopt_render_leaves_the_suffix_out_but_keeps_the_options(tmp_path):
+    compiled = _compiled(tmp_path)
+    values = compiled.fields_of(FEATURES)
+    with_suffix, without = compiled.render(values, 2), compiled.render(values, 2, with_options=False)
+    assert with_suffix.inputs == without.inputs + "\n\nOPTIONS:\n- yes\n- no"
+    assert without.options == ("yes", "no") and without.targets == "yes"
 
 
 def test_natural_mode_appends_options_to_classification(tmp_path):

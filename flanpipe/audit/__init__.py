@@ -108,7 +108,8 @@ def audit_output(out: str | Path, settings: AuditSettings = AuditSettings(),
             for dataset in pc.unique(table["dataset"]).to_pylist():
                 lint_split.setdefault(dataset, name)
             mine = pa.array([d for d, s in lint_split.items() if s == name], pa.string())
-            rows = table.select(_TEXT_COLUMNS).filter(pc.is_in(table["dataset"], value_set=mine))
+            text_columns = _TEXT_COLUMNS + (["format"] if "format" in table.column_names else [])
+            rows = table.select(text_columns).filter(pc.is_in(table["dataset"], value_set=mine))
             lint.add_rows(rows.to_pylist(), split=name, source="train")
             scan.scan(table)
             for row in table.group_by(["dataset", "cluster"]).aggregate([([], "count_all")]).to_pylist():

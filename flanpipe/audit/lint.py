@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from flanpipe.audit.stats import split_options
+from flanpipe.formats import has_options
 from flanpipe.spec import OptionsFormat
 
 
@@ -34,8 +35,9 @@ RULES: dict[str, Rule] = {
                                        "extractive task (SQuAD-like), or every template leaks."),
     "unused_variables": Rule("warning", "A template's renders do not depend on the example (constant input or "
                                         "target), or map many distinct examples to the same input."),
-    "missing_options": Rule("warning", "A classification input (not turned) lacks the OPTIONS suffix, or a "
-                                       "generation dataset's targets are a handful of class labels with no OPTIONS."),
+    "missing_options": Rule("warning", "A classification input (not turned, not a 'noopt' use) lacks the OPTIONS "
+                                       "suffix (any configured header and item style), or a generation dataset's "
+                                       "targets are a handful of class labels with no OPTIONS."),
     "control_chars": Rule("warning", "Control characters (other than tab/newline/CR), U+FFFD, BOM or non-characters "
                                      "in an input or target."),
     "duplicates": Rule("warning", "Rows of different examples of one dataset with identical input and target."),
@@ -157,11 +159,15 @@ class Lint:
         inputs, targets = r["inputs"], r["targets"]
         options: list[str] | None = list(r["options"]) if r.get("options") else None
         body, parsed = inputs, None
+        # A 'noopt' use (prompt formats) leaves the OPTIONS suffix out on purpose: it is neither a missing
+        # suffix nor evidence about the dataset's kind.
+        noopt = not has_options(r.get("format") or "zsopt")
         if not turned:
             body, parsed = split_options(inputs, self.fmt)
             options = options or parsed
-            g.non_turned += 1
-            g.with_suffix += parsed is not None
+            if not noopt:
+                g.non_turned += 1
+                g.with_suffix += parsed is not None
         g.rows += 1
 
         def ex(note: str = "") -> dict[str, Any]:
@@ -195,7 +201,7 @@ class Lint:
             first = t.bodies.setdefault(hash(inputs), key)
             if first != key:
                 g.hit("collapse", template).add(lambda: ex(f"same input as {first}"))
-        if not turned:
+        if not turned and not noopt:
             if parsed is None:
                 g.hit("missing_options", template).add(ex)
             if g.labels is not None and parsed is None:

@@ -314,6 +314,14 @@ def _splits_section(doc: dict[str, Any]) -> list[str]:
                              v["options"]["majority_share"] if v["options"] else None)
                             for d, v in s["datasets"].items()], numeric=range(2, 15)))
         parts.append(figure_html(lengths_plot(name, s), f"{name}: token lengths after truncation"))
+        if s.get("formats"):
+            names = list(s["formats"])
+            parts.append(table(["prompt formats", *names, "all"],
+                               [("uses (share)", *(f"{s['formats'][f]['examples']:,} ({s['formats'][f]['share']:.1%})"
+                                                  for f in names), s["summary"]["examples"])]
+                               + [(d, *(v["formats"].get(f, {}).get("examples", 0) for f in names),
+                                   sum(x["examples"] for x in v["formats"].values()))
+                                  for d, v in s["datasets"].items() if v.get("formats")]))
         cut = {d: v["truncated_targets"] for d, v in s["datasets"].items() if v["truncated_targets"]}
         if cut:
             parts.append("<details><summary>examples whose target was cut</summary>" + table(

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flanpipe.spec import OptionsFormat
-from flanpipe.templates import options_suffix
+from flanpipe.templates import option_item, options_suffix
 
 # Columns of examples/*.parquet the statistics need (the text columns stay out of memory).
 SMALL_COLUMNS = ("dataset", "cluster", "example_key", "variant", "template", "turned", "input_tokens",
@@ -24,31 +24,49 @@ MAX_LISTED = 50  # example ids listed per dataset (e.g. targets cut); counts are
 def split_options(inputs: str, fmt: OptionsFormat) -> tuple[str, list[str] | None]:
     """Split a rendered input into (body, options); options is None when it has no OPTIONS suffix.
 
-    The suffix is parsed with the pipeline's ``options_format`` and accepted only when re-rendering the
-    parsed options gives back exactly the same suffix, so an input that merely mentions the header
-    text is not mistaken for one with options.
+    The suffix is parsed with each of the pipeline's ``options_format`` headers and item styles (the
+    last header in the input wins) and accepted only when re-rendering the parsed options gives back
+    exactly the same suffix, so an input that merely mentions the header text is not mistaken for one
+    with options.
 
     Example:
       >>> fmt = OptionsFormat(header="\\n\\nOPTIONS:", item="\\n- {option}")
       >>> split_options("Is it?\\n\\nOPTIONS:\\n- yes\\n- no", fmt)
       ('Is it?', ['yes', 'no'])
     """
-    if not fmt.header or "{option}" not in fmt.item:
-        return inputs, None
-    at = inputs.rfind(fmt.header)
-    if at < 0:
-        return inputs, None
-    pre, post = fmt.item.split("{option}", 1)
-    rest = inputs[at + len(fmt.header):]
-    if not rest.startswith(pre):
-        return inputs, None
-    rest = rest[len(pre):]
-    if post and rest.endswith(post):
-        rest = rest[:-len(post)]
-    options = rest.split(post + pre) if post + pre else [rest]
-    if inputs[at:] != options_suffix(options, fmt):
-        return inputs, None
-    return inputs[:at], options
+    found: tuple[int, list[str]] | None = None
+    for h, header in enumerate(fmt.headers):
+        at = inputs.rfind(header) if header else -1
+        if at < 0 or (found is not None and at <= found[0]):
+            continue
+        for i in range(len(fmt.items)):
+            options = _parse_items(inputs[at + len(header):], fmt.items[i])
+            if options is not None and inputs[at:] == options_suffix(options, fmt, (h, i)):
+                found = (at, options)
+                break
+    return (inputs, None) if found is None else (inputs[:found[0]], found[1])
+
+
+def _parse_items(rest: str, item: str) -> list[str] | None:
+    """The options of a suffix body written in item style ``item`` (markers such as {letter} rendered per
+    position), or None when it does not start like one; the caller re-renders to confirm."""
+    pre, post = item.split("{option}", 1)
+    options: list[str] = []
+    while True:
+        start = option_item(pre, len(options), "")
+        if not rest.startswith(start):
+            return None
+        rest = rest[len(start):]
+        end = option_item(post, len(options), "")
+        following = end + option_item(pre, len(options) + 1, "")
+        cut = rest.find(following) if following else -1
+        if cut < 0:  # the last option
+            if end and not rest.endswith(end):
+                return None
+            options.append(rest[:len(rest) - len(end)])
+            return options
+        options.append(rest[:cut])
+        rest = rest[cut + len(end):]
 
 
 def distribution(values: np.ndarray, edges: np.ndarray | None = None) -> dict[str, Any]:
@@ -105,7 +123,7 @@ class SplitStats:
 
     def add_examples(self, table: pa.Table) -> None:
         """One examples/*.parquet shard (with its text columns, used for the option balance)."""
-        self.tables.append(table.select(list(SMALL_COLUMNS)))
+        self.tables.append(table.select(list(SMALL_COLUMNS) + (["format"] if "format" in table.column_names else [])))
         for dataset, inputs, targets, turned in zip(table["dataset"].to_pylist(), table["inputs"].to_pylist(),
                                                     table["targets"].to_pylist(), table["turned"].to_pylist()):
             if turned:
@@ -155,6 +173,8 @@ class SplitStats:
         table = pa.concat_tables(self.tables) if self.tables else pa.table(
             {c: pa.array([], pa.string()) for c in SMALL_COLUMNS})
         cols = {c: table[c].to_numpy(zero_copy_only=False) for c in SMALL_COLUMNS}
+        if "format" in table.column_names:
+            cols["format"] = table["format"].to_numpy(zero_copy_only=False)
         total = len(cols["dataset"])
         lengths = m.get("lengths", {})
         in_edges = length_edges(int(lengths.get("inputs", 1)))
@@ -187,9 +207,15 @@ class SplitStats:
         recorded = m.get("summary", {})
         mismatches = [f"{k}: data {summary[k]!r}, manifest {recorded[k]!r}" for k in summary
                       if k in recorded and not _close(summary[k], recorded[k])]
+        formats = _format_counts(cols["format"]) if "format" in cols else None
+        recorded_formats = m.get("counts", {}).get("formats")
+        if (formats is not None or recorded_formats is not None) and \
+                {f: v["examples"] for f, v in (formats or {}).items()} != (recorded_formats or {}):
+            mismatches.append(f"formats: data {formats and {f: v['examples'] for f, v in formats.items()}!r}, "
+                              f"manifest {recorded_formats!r}")
         return {
             "removed_clusters": list(m.get("removed_clusters", [])), "sequence_length": seq,
-            "summary": summary, "manifest_mismatches": mismatches,
+            "summary": summary, "manifest_mismatches": mismatches, "formats": formats,
             "lengths": {"input_tokens": distribution(cols["input_tokens"].astype(np.int64), in_edges),
                         "target_tokens": distribution(cols["target_tokens"].astype(np.int64), out_edges)},
             "clusters": dict(sorted(clusters.items())), "datasets": datasets,
@@ -215,6 +241,7 @@ class SplitStats:
             entry["share"] = entry["examples"] / n
             entry["expected"] = round(expected, 3)
         labels = self.labels.get(d)
+        formats = _format_counts(cols["format"][mask]) if "format" in cols else None
         return {
             "cluster": self.clusters.get(d, _first(cols["cluster"][mask]) or "?"),
             "available": self.manifest.get("train_examples_available", {}).get(d),
@@ -229,7 +256,15 @@ class SplitStats:
             "turned": int(turned.sum()), "turned_share": float(turned.mean()) if n else 0.0,
             "templates": templates,
             "options": option_balance(labels, self.positions[d]) if labels else None,
+            "formats": formats,
         }
+
+
+def _format_counts(values: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Uses and share of each prompt format among ``values`` (the 'format' column)."""
+    names, counts = np.unique(values.astype(str), return_counts=True)
+    total = int(counts.sum())
+    return {str(n): {"examples": int(c), "share": round(int(c) / total, 6)} for n, c in zip(names, counts)}
 
 
 def sequence_length(m: Mapping[str, Any]) -> int:
