@@ -25,9 +25,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def abstract(tree: Any, sharding: NamedSharding) -> Any:
-    """Shape/dtype/sharding stand-ins for restoring ``tree`` (a pytree of arrays or ShapeDtypeStructs)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+def abstract(tree: Any, sharding: Any) -> Any:
+    """Shape/dtype/sharding stand-ins for restoring ``tree`` (a pytree of arrays or ShapeDtypeStructs).
+
+    ``sharding``: one NamedSharding for every leaf, or a tree of them matching ``tree``, so a
+    checkpoint saved under one mesh restores sharded under another.
+    """
+    if isinstance(sharding, NamedSharding):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sharding)
 
 
 class Checkpoints:
