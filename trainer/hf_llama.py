@@ -7,21 +7,30 @@ stacked over layers. Both use rotate-half rotary embeddings, so q/k need no perm
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from flanpipe.errors import OutputError, SpecError
-from trainer.config import ModelConfig
+from trainer import checkpoint, model, sharding
+from trainer.config import ModelConfig, TrainerConfig, resolve_config
 
 Params = dict[str, Any]
 _PREFIX = "model.layers.{i}."
+# Files of the source checkpoint that an export keeps (the tokenizer and generation defaults).
+_COPIED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+           "tokenizer.model")
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -186,26 +195,76 @@ def hf_config(config: ModelConfig, base: Mapping[str, Any] | None = None) -> dic
     return out
 
 
-def save(params: Params, config: ModelConfig, out: str | Path, *, base: str | Path | None = None) -> Path:
+class ExportManifest(BaseModel):
+    """OUT/flanpipe_export.json: where an exported checkpoint came from and the sha256 of every file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Literal["hf_llama"] = Field(description="The export format.")
+    source: str = Field(description="The run's workdir, or <params> for parameters passed in directly.")
+    step: int | None = Field(description="The checkpoint step exported (null: not from a checkpoint).")
+    base: str | None = Field(description="The hf_llama checkpoint the run started from (its config and tokenizer kept).")
+    files: dict[str, str] = Field(description="File name -> sha256 of its bytes.")
+
+
+def save(params: Params, config: ModelConfig, out: str | Path, *, base: str | Path | None = None,
+         source: str = "<params>", step: int | None = None) -> Path:
     """Write OUT/config.json + OUT/model.safetensors (float32) that ``LlamaForCausalLM.from_pretrained`` loads.
 
     ``base``: the checkpoint the run started from; its config.json (special token ids,
-    max_position_embeddings, ...) is kept with the shape fields set from ``config``.
+    max_position_embeddings, ...) is kept with the shape fields set from ``config``, and its
+    tokenizer files are copied. Everything is written to a temporary sibling directory that is
+    renamed to OUT when complete, with OUT/flanpipe_export.json listing every file's sha256.
+
+    Raises:
+      SpecError: the model is not architecture llama.
+      OutputError: OUT exists and is not empty.
     """
     if config.architecture != "llama" or config.layout != "decoder_only":
         raise SpecError("<config>", None, "model.architecture",
                         "only architecture: llama (decoder_only) models export to hf_llama")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    source = read_config(base) if base is not None else None
-    tensors = hf_tensors(params, config)
-    tmp = out / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps(hf_config(config, source), indent=2, sort_keys=True) + "\n")
-    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "tokenizer.model"):
-        if base is not None and (Path(base) / name).is_file():
-            (out / name).write_bytes((Path(base) / name).read_bytes())
+    if out.exists() and any(out.iterdir()):
+        raise OutputError(f"{out}: exists and is not empty; export into a new directory")
+    source_config = read_config(base) if base is not None else None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        save_file(hf_tensors(params, config), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config(config, source_config), indent=2, sort_keys=True) + "\n")
+        for name in _COPIED:
+            if base is not None and (Path(base) / name).is_file():
+                shutil.copyfile(Path(base) / name, tmp / name)
+        files = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(tmp.iterdir())}
+        manifest = ExportManifest(format="hf_llama", source=source, step=step,
+                                  base=str(base) if base is not None else None, files=files)
+        (tmp / "flanpipe_export.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
+
+def model_section(path: str | Path) -> str:
+    """The trainer config's ``model:`` section (YAML) for a hf_llama checkpoint directory."""
+    fields = {**model_fields(read_config(path)), "dtype": "float32", "remat": False}
+    return yaml.safe_dump({"model": fields}, sort_keys=False)
+
+
+def export(
+    workdir: str | Path, config: TrainerConfig | str | Path, out: str | Path, *, step: int | None = None,
+    overrides: Iterable[str] = (),
+) -> Path:
+    """Export a run's checkpoint (latest unless ``step``) as a hf_llama directory (see ``save``).
+
+    Parameters restore sharded on the config's mesh, then are gathered to the host one leaf
+    at a time as they are written.
+    """
+    cfg = resolve_config(config, overrides)
+    mesh = sharding.make_mesh(cfg.mesh)
+    sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
+    shardings = sharding.named(mesh, sharding.param_specs(model.param_shapes(cfg.model), sizes))
+    params, chosen = checkpoint.load_params(Path(workdir), cfg, mesh, step=step, shardings=shardings)
+    base = cfg.train.init_from.path if cfg.train.init_from is not None else None
+    return save(params, cfg.model, out, base=base, source=str(workdir), step=chosen)

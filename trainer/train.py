@@ -149,8 +149,7 @@ def initial_state(
         )
         return params, opt_state, start
     if cfg.train.init_checkpoint is not None:
-        params, _ = checkpoint.load_params(cfg.train.init_checkpoint, cfg, mesh)
-        params = jax.device_put(params, param_sh)
+        params, _ = checkpoint.load_params(cfg.train.init_checkpoint, cfg, mesh, shardings=param_sh)
     elif cfg.train.init_from is not None:
         params = jax.device_put(hf_llama.load_params(cfg.train.init_from.path, cfg.model), param_sh)
     else:
