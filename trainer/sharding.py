@@ -96,12 +96,24 @@ def optimizer_specs(opt_state: Any, params: Any, sizes: Mapping[str, int]) -> An
         if shape == full:
             return param_spec
         if len(shape) == len(full) - 1:
-            for drop in range(len(full)):
+            for drop in _dropped_dims(path, full):
                 if full[:drop] + full[drop + 1 :] == shape:
                     return PartitionSpec(*(entries[:drop] + entries[drop + 1 :]))
         return PartitionSpec()
 
     return jax.tree_util.tree_map_with_path(spec, opt_state)
+
+
+def _dropped_dims(path: Any, full: tuple[int, ...]) -> list[int]:
+    """Dimensions a factored moment may have dropped, the one optax drops first.
+
+    optax's Adafactor factors the two largest dimensions (argsort order): ``v_row`` drops the
+    largest, ``v_col`` the second largest. Which is which matters when they are equal in size.
+    """
+    names = {k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)}
+    order = [int(i) for i in np.argsort(full)]
+    first = order[-1] if "v_row" in names else order[-2] if "v_col" in names and len(order) > 1 else None
+    return ([first] if first is not None else []) + [d for d in range(len(full)) if d != first]
 
 
 def _last_key(path: Any) -> str:
