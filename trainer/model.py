@@ -114,17 +114,18 @@ def self_attention_mask(segment_ids: jax.Array, *, causal: bool, prefix: jax.Arr
     """
     same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, :, None] != 0)
     if not causal:
-        return same
+        return constrain(same, BATCH, None, None)
     length = segment_ids.shape[1]
     allowed = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
     if prefix is not None:
         allowed = allowed | (prefix[:, :, None] & prefix[:, None, :])
-    return same & allowed
+    return constrain(same & allowed, BATCH, None, None)
 
 
 def cross_attention_mask(decoder_segment_ids: jax.Array, encoder_segment_ids: jax.Array) -> jax.Array:
     """[batch, decoder, encoder] mask: a decoder token sees the encoder tokens of its own example."""
-    return (decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]) & (decoder_segment_ids[:, :, None] != 0)
+    mask = (decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]) & (decoder_segment_ids[:, :, None] != 0)
+    return constrain(mask, BATCH, None, None)
 
 
 # --------------------------------------------------------------------------- layers
@@ -238,7 +239,10 @@ def run_stack(
 # --------------------------------------------------------------------------- the model
 def embed(params: Params, tokens: jax.Array, soft_prompt: jax.Array | None, dtype: jnp.dtype) -> jax.Array:
     """Token embeddings; a soft prompt [P, d] replaces the first P positions of every row."""
-    x = constrain(params["embed"][tokens].astype(dtype), BATCH, None, None)
+    # The lookup reads whole rows of the table: gather it (as FSDP does for every weight) so the
+    # result is computed where its batch rows live, rather than resharded after the fact.
+    table = constrain(params["embed"], None, None)
+    x = constrain(table[tokens].astype(dtype), BATCH, None, None)
     if soft_prompt is not None:
         prompt = jnp.broadcast_to(soft_prompt.astype(dtype), (x.shape[0], *soft_prompt.shape))
         x = x.at[:, : soft_prompt.shape[0]].set(prompt)
