@@ -1,4 +1,4 @@
-"""`python -m trainer train|eval|prompt-tune`: thin typer commands over trainer.train/evaluate/prompt_tuning."""
+"""`python -m trainer train|eval|prompt-tune|export|hf-config|schema`: thin typer commands over trainer.train/evaluate/prompt_tuning."""
 
 from __future__ import annotations
 
@@ -61,6 +61,25 @@ def prompt_tune(data: Data, config: ConfigPath, workdir: Workdir,
 
     run(data, config, model, dataset=dataset, workdir=workdir, train_file=train_file,
         low_resource_setting=low_resource, overrides=set_ or [], progress=not quiet, console=Console(quiet=quiet))
+
+
+@app.command()
+def export(config: ConfigPath, workdir: Workdir,
+           out: Annotated[Path, typer.Option("--out", help="New directory for the Hugging Face checkpoint.")],
+           step: Annotated[int | None, typer.Option("--step", help="Checkpoint step (default: latest).")] = None,
+           set_: Overrides = None) -> None:
+    """Write a run's checkpoint as a Hugging Face Llama directory (config.json + model.safetensors)."""
+    from trainer.hf_llama import export as run
+
+    print(run(workdir, config, out, step=step, overrides=set_ or []))
+
+
+@app.command("hf-config")
+def hf_config(path: Annotated[Path, typer.Argument(help="A Hugging Face Llama directory (config.json).")]) -> None:
+    """Print the trainer config's model: section that matches a Hugging Face Llama checkpoint."""
+    from trainer.hf_llama import model_section
+
+    print(model_section(path), end="")
 
 
 @app.command()

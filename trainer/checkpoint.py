@@ -25,9 +25,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def abstract(tree: Any, sharding: NamedSharding) -> Any:
-    """Shape/dtype/sharding stand-ins for restoring ``tree`` (a pytree of arrays or ShapeDtypeStructs)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+def abstract(tree: Any, sharding: Any) -> Any:
+    """Shape/dtype/sharding stand-ins for restoring ``tree`` (a pytree of arrays or ShapeDtypeStructs).
+
+    ``sharding``: one NamedSharding for every leaf, or a tree of them matching ``tree``, so a
+    checkpoint saved under one mesh restores sharded under another.
+    """
+    if isinstance(sharding, NamedSharding):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sharding)
 
 
 class Checkpoints:
@@ -78,8 +84,13 @@ class Checkpoints:
         self.manager.close()
 
 
-def load_params(workdir: Path, config: TrainerConfig, mesh: Mesh, *, step: int | None = None) -> tuple[Any, int]:
-    """Parameters of a run's checkpoint (latest unless ``step``), replicated over ``mesh``.
+def load_params(
+    workdir: Path, config: TrainerConfig, mesh: Mesh, *, step: int | None = None, shardings: Any = None
+) -> tuple[Any, int]:
+    """Parameters of a run's checkpoint (latest unless ``step``), replicated over ``mesh`` or by ``shardings``.
+
+    ``shardings``: a tree of NamedShardings (trainer.train.state_shardings), so a model too big
+    to replicate restores straight into its shards, whatever mesh saved it.
 
     Raises:
       OutputError: the workdir has no checkpoint (or not that step).
@@ -105,7 +116,7 @@ def load_params(workdir: Path, config: TrainerConfig, mesh: Mesh, *, step: int |
                 + (f" at step {step} (have {sorted(available)})" if step is not None else "; run `train` first")
             )
         shapes = model.param_shapes(config.model)
-        return checkpoints.restore_params(chosen, abstract(shapes, replicated(mesh))), chosen
+        return checkpoints.restore_params(chosen, abstract(shapes, shardings or replicated(mesh))), chosen
     finally:
         checkpoints.close()
 

@@ -32,7 +32,20 @@ class ModelConfig(BaseModel):
     tie_embeddings: bool = Field(description="Use the input embedding as the output projection.")
     dtype: Literal["float32", "bfloat16"] = Field(description="Activation dtype; parameters stay float32.")
     remat: bool = Field(description="Recompute each block in the backward pass (saves memory, costs ~1/3 compute).")
-    rope_max_wavelength: float = Field(default=10_000.0, gt=0, description="RoPE base wavelength.")
+    rope_max_wavelength: float = Field(default=10_000.0, gt=0, description="RoPE base wavelength (HF rope_theta).")
+    architecture: Literal["flan", "llama"] = Field(
+        default="flan",
+        description="flan: gated-GELU, unit-std embeddings (logits scaled by 1/sqrt(d) when tied); "
+        "llama: SwiGLU, Hugging Face Llama's layout, so hf_llama checkpoints load and save.",
+    )
+    num_kv_heads: int | None = Field(
+        default=None, gt=0, description="Key/value heads for grouped-query attention (null: num_heads).")
+    norm_eps: float = Field(default=1e-6, gt=0, description="RMSNorm epsilon (HF rms_norm_eps).")
+    prefix_lm: bool = Field(
+        default=True,
+        description="Inputs (decoder_causal_attention = 1) attend bidirectionally; false: fully causal, "
+        "as a pretrained causal LM such as Llama was trained.",
+    )
 
     @field_validator("head_dim", mode="after")
     @classmethod
@@ -40,6 +53,17 @@ class ModelConfig(BaseModel):
         if value % 2:
             raise ValueError("must be even for rotary position embeddings")
         return value
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (num_kv_heads, or num_heads without grouped-query attention)."""
+        return self.num_kv_heads or self.num_heads
+
+    @model_validator(mode="after")
+    def _groups(self) -> ModelConfig:
+        if self.num_heads % self.kv_heads:
+            raise ValueError(f"model.num_kv_heads: {self.kv_heads} does not divide num_heads {self.num_heads}")
+        return self
 
 
 class DataConfig(BaseModel):
@@ -71,6 +95,23 @@ class OptimizerConfig(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0, description="Decoupled weight decay rate.")
 
 
+class InitFrom(BaseModel):
+    """A pretrained checkpoint in another tool's format to start from."""
+
+    model_config = _STRICT
+    format: Literal["hf_llama"] = Field(description="hf_llama: a Hugging Face Llama directory (config.json + *.safetensors).")
+    path: Path = Field(description="The checkpoint directory, e.g. one written by save_pretrained.")
+
+
+class MeshConfig(BaseModel):
+    """Device mesh: data x fsdp x tensor = the device count. Batch rows split over data and fsdp."""
+
+    model_config = _STRICT
+    data: int | None = Field(default=None, gt=0, description="Data-parallel replicas (null: devices / (fsdp*tensor)).")
+    fsdp: int = Field(default=1, gt=0, description="Parameters and optimizer state sharded over this axis (ZeRO-3).")
+    tensor: int = Field(default=1, gt=0, description="Megatron-style tensor parallelism (heads, d_ff, vocab).")
+
+
 class TrainConfig(BaseModel):
     """Length and batch of the run, and how often it logs and checkpoints."""
 
@@ -85,6 +126,15 @@ class TrainConfig(BaseModel):
     init_checkpoint: Path | None = Field(
         default=None, description="Workdir of an earlier run whose latest params start this one (e.g. a pretrained LM)."
     )
+    init_from: InitFrom | None = Field(
+        default=None, description="A pretrained checkpoint in another format (hf_llama) whose params start this run."
+    )
+
+    @model_validator(mode="after")
+    def _one_init(self) -> TrainConfig:
+        if self.init_checkpoint is not None and self.init_from is not None:
+            raise ValueError("train.init_from: give init_checkpoint or init_from, not both")
+        return self
 
 
 class EvalConfig(BaseModel):
@@ -123,6 +173,7 @@ class TrainerConfig(BaseModel):
     train: TrainConfig = Field(description="Steps, batch, seed, logging and checkpoint cadence.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation settings.")
     prompt_tuning: PromptTuningConfig = Field(description="Soft-prompt tuning on one held-out dataset.")
+    mesh: MeshConfig = Field(default_factory=MeshConfig, description="Device mesh (default: all devices on data).")
 
     @property
     def sequence_length(self) -> int:

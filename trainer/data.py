@@ -232,8 +232,8 @@ def make_mesh() -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Rows split over the mesh's data axis (the batch dimension), everything else whole."""
-    return NamedSharding(mesh, PartitionSpec("data"))
+    """Rows split over the mesh's data (and fsdp, if it has one) axes, everything else whole."""
+    return NamedSharding(mesh, PartitionSpec(tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)))
 
 
 def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -11,8 +11,11 @@ A decoder-only prefix LM (the paper's LaMDA-PT shape) or an encoder-decoder, cho
   the compiler marks it) attend to each other in both directions; everything else is causal.
 * The loss is the mean cross-entropy over positions where ``decoder_loss_weights`` is 1.
 
-Blocks are pre-RMSNorm with a gated-GELU feed-forward; layer parameters are stacked on a
-leading axis and run with ``lax.scan``, so compile time does not grow with depth.
+Blocks are pre-RMSNorm with a gated-GELU feed-forward (``architecture: flan``) or SwiGLU
+(``architecture: llama``: Hugging Face Llama's layout, with optional grouped-query attention,
+see trainer/hf_llama.py); layer parameters are stacked on a leading axis and run with
+``lax.scan``, so compile time does not grow with depth. Activations carry sharding
+constraints (trainer/sharding.py) that apply under a mesh and are no-ops without one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from trainer.config import ModelConfig
+from trainer.sharding import BATCH, constrain
 
 Params = dict[str, Any]
 Batch = Mapping[str, jax.Array]
@@ -60,10 +64,11 @@ def _dense(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
 def _init_attention(config: ModelConfig, key: jax.Array) -> Params:
     n, d, h, k = config.num_layers, config.d_model, config.num_heads, config.head_dim
     kq, kk, kv, ko = jax.random.split(key, 4)
+    g = config.kv_heads
     return {
         "q": _dense(kq, (n, d, h, k), d),
-        "k": _dense(kk, (n, d, h, k), d),
-        "v": _dense(kv, (n, d, h, k), d),
+        "k": _dense(kk, (n, d, g, k), d),
+        "v": _dense(kv, (n, d, g, k), d),
         "o": _dense(ko, (n, h, k, d), h * k),
     }
 
@@ -109,29 +114,34 @@ def self_attention_mask(segment_ids: jax.Array, *, causal: bool, prefix: jax.Arr
     """
     same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, :, None] != 0)
     if not causal:
-        return same
+        return constrain(same, BATCH, None, None)
     length = segment_ids.shape[1]
     allowed = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
     if prefix is not None:
         allowed = allowed | (prefix[:, :, None] & prefix[:, None, :])
-    return same & allowed
+    return constrain(same & allowed, BATCH, None, None)
 
 
 def cross_attention_mask(decoder_segment_ids: jax.Array, encoder_segment_ids: jax.Array) -> jax.Array:
     """[batch, decoder, encoder] mask: a decoder token sees the encoder tokens of its own example."""
-    return (decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]) & (decoder_segment_ids[:, :, None] != 0)
+    mask = (decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]) & (decoder_segment_ids[:, :, None] != 0)
+    return constrain(mask, BATCH, None, None)
 
 
 # --------------------------------------------------------------------------- layers
-def rms_norm(x: jax.Array, scale: jax.Array) -> jax.Array:
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
     """Root-mean-square normalisation, computed in float32."""
     x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + 1e-6)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
     return (x32 * scale.astype(jnp.float32)).astype(x.dtype)
 
 
 def rope(x: jax.Array, positions: jax.Array, max_wavelength: float) -> jax.Array:
-    """Rotary position embedding of x [batch, length, heads, head_dim] at integer positions [batch, length]."""
+    """Rotary position embedding of x [batch, length, heads, head_dim] at integer positions [batch, length].
+
+    The rotate-half convention (pairs are (i, i + head_dim/2), not interleaved), as in Hugging
+    Face Llama, whose q/k projection weights are laid out for it.
+    """
     half = x.shape[-1] // 2
     frequencies = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions.astype(jnp.float32)[:, :, None, None] * frequencies  # [b, l, 1, half]
@@ -150,25 +160,34 @@ def attention(
     context_positions: jax.Array | None,
     config: ModelConfig,
 ) -> jax.Array:
-    """Multi-head attention from x [b, q, d] over context [b, t, d]; rotary only when positions are given."""
-    # b batch, q query position, t key position, h head, e head_dim, d model width.
-    q = jnp.einsum("bqd,dhe->bqhe", x, p["q"])
-    k = jnp.einsum("btd,dhe->bthe", context, p["k"])
-    v = jnp.einsum("btd,dhe->bthe", context, p["v"])
+    """Multi-head attention from x [b, q, d] over context [b, t, d]; rotary only when positions are given.
+
+    With grouped-query attention (num_kv_heads < num_heads) query head i uses key/value head
+    i // (num_heads / num_kv_heads), as Hugging Face's repeat_kv does.
+    """
+    # b batch, q query position, t key position, h head, k kv head, g query heads per kv head,
+    # e head_dim, d model width.
+    q = constrain(jnp.einsum("bqd,dhe->bqhe", x, p["q"]), BATCH, None, "tensor", None)
+    k = constrain(jnp.einsum("btd,dhe->bthe", context, p["k"]), BATCH, None, "tensor", None)
+    v = constrain(jnp.einsum("btd,dhe->bthe", context, p["v"]), BATCH, None, "tensor", None)
     if positions is not None and context_positions is not None:
         q = rope(q, positions, config.rope_max_wavelength)
         k = rope(k, context_positions, config.rope_max_wavelength)
-    logits = jnp.einsum("bqhe,bthe->bhqt", q, k).astype(jnp.float32) / math.sqrt(config.head_dim)
-    logits = jnp.where(mask[:, None, :, :], logits, _MASKED)
+    b, length, heads, e = q.shape
+    q = q.reshape(b, length, config.kv_heads, heads // config.kv_heads, e)
+    logits = jnp.einsum("bqkge,btke->bkgqt", q, k).astype(jnp.float32) / math.sqrt(config.head_dim)
+    logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED)
     weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
-    out = jnp.einsum("bhqt,bthe->bqhe", weights, v)
-    return jnp.einsum("bqhe,hed->bqd", out, p["o"])
+    out = jnp.einsum("bkgqt,btke->bqkge", weights, v).reshape(b, length, heads, e)
+    return constrain(jnp.einsum("bqhe,hed->bqd", out, p["o"]), BATCH, None, None)
 
 
-def mlp(p: Params, x: jax.Array) -> jax.Array:
-    """Gated-GELU feed-forward: down(gelu(gate(x)) * up(x))."""
-    hidden = jax.nn.gelu(jnp.einsum("bld,df->blf", x, p["gate"])) * jnp.einsum("bld,df->blf", x, p["up"])
-    return jnp.einsum("blf,fd->bld", hidden, p["down"])
+def mlp(p: Params, x: jax.Array, config: ModelConfig) -> jax.Array:
+    """Gated feed-forward: down(act(gate(x)) * up(x)), act = GELU (flan) or SiLU (llama's SwiGLU)."""
+    act = jax.nn.silu if config.architecture == "llama" else jax.nn.gelu
+    hidden = act(jnp.einsum("bld,df->blf", x, p["gate"])) * jnp.einsum("bld,df->blf", x, p["up"])
+    hidden = constrain(hidden, BATCH, None, "tensor")
+    return constrain(jnp.einsum("blf,fd->bld", hidden, p["down"]), BATCH, None, None)
 
 
 def block(
@@ -182,16 +201,17 @@ def block(
     cross_mask: jax.Array | None = None,
 ) -> jax.Array:
     """One pre-norm residual block: self-attention, [cross-attention,] feed-forward."""
-    h = rms_norm(x, p["attn_norm"])
+    eps = config.norm_eps
+    h = rms_norm(x, p["attn_norm"], eps)
     x = x + attention(p["attn"], h, context=h, mask=mask, positions=positions, context_positions=positions,
                       config=config)
     if encoded is not None and cross_mask is not None:
-        h = rms_norm(x, p["cross_norm"])
+        h = rms_norm(x, p["cross_norm"], eps)
         # No rotary embedding across sequences: encoder and decoder positions are unrelated.
         x = x + attention(p["cross"], h, context=encoded, mask=cross_mask, positions=None, context_positions=None,
                           config=config)
-    h = rms_norm(x, p["mlp_norm"])
-    return x + mlp(p["mlp"], h)
+    h = rms_norm(x, p["mlp_norm"], eps)
+    return x + mlp(p["mlp"], h, config)
 
 
 def run_stack(
@@ -219,7 +239,10 @@ def run_stack(
 # --------------------------------------------------------------------------- the model
 def embed(params: Params, tokens: jax.Array, soft_prompt: jax.Array | None, dtype: jnp.dtype) -> jax.Array:
     """Token embeddings; a soft prompt [P, d] replaces the first P positions of every row."""
-    x = params["embed"][tokens].astype(dtype)
+    # The lookup reads whole rows of the table: gather it (as FSDP does for every weight) so the
+    # result is computed where its batch rows live, rather than resharded after the fact.
+    table = constrain(params["embed"], None, None)
+    x = constrain(table[tokens].astype(dtype), BATCH, None, None)
     if soft_prompt is not None:
         prompt = jnp.broadcast_to(soft_prompt.astype(dtype), (x.shape[0], *soft_prompt.shape))
         x = x.at[:, : soft_prompt.shape[0]].set(prompt)
@@ -241,25 +264,28 @@ def logits(params: Params, batch: Batch, config: ModelConfig, soft_prompt: jax.A
     decoder_segments = batch["decoder_segment_ids"]
     if config.layout == "decoder_only":
         x = embed(p, batch["decoder_input_tokens"], soft_prompt, dtype)
-        mask = self_attention_mask(decoder_segments, causal=True, prefix=batch["decoder_causal_attention"] > 0)
+        prefix = batch["decoder_causal_attention"] > 0 if config.prefix_lm else None
+        mask = self_attention_mask(decoder_segments, causal=True, prefix=prefix)
         x = run_stack(p["decoder"], x, mask=mask, positions=batch["decoder_positions"], config=config)
     else:
         encoder_segments = batch["encoder_segment_ids"]
         e = embed(p, batch["encoder_input_tokens"], soft_prompt, dtype)
         e = run_stack(p["encoder"], e, mask=self_attention_mask(encoder_segments, causal=False),
                       positions=batch["encoder_positions"], config=config)
-        e = rms_norm(e, p["encoder_norm"])
+        e = rms_norm(e, p["encoder_norm"], config.norm_eps)
         x = embed(p, batch["decoder_input_tokens"], None, dtype)
         x = run_stack(p["decoder"], x, mask=self_attention_mask(decoder_segments, causal=True),
                       positions=batch["decoder_positions"], config=config, encoded=e,
                       cross_mask=cross_attention_mask(decoder_segments, encoder_segments))
-    x = rms_norm(x, p["decoder_norm"])
+    x = rms_norm(x, p["decoder_norm"], config.norm_eps)
     if config.tie_embeddings:
-        # The embedding has std 1, so scale by 1/sqrt(d) to keep initial logits at unit scale.
-        out = jnp.einsum("bld,vd->blv", x, p["embed"]) / math.sqrt(config.d_model)
+        out = jnp.einsum("bld,vd->blv", x, p["embed"])
+        if config.architecture == "flan":
+            # The embedding has std 1, so scale by 1/sqrt(d) to keep initial logits at unit scale.
+            out = out / math.sqrt(config.d_model)
     else:
         out = jnp.einsum("bld,dv->blv", x, p["unembed"])
-    return out.astype(jnp.float32)
+    return constrain(out.astype(jnp.float32), BATCH, None, "tensor")
 
 
 def token_log_probs(

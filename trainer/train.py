@@ -1,4 +1,4 @@
-"""The train loop: grain batches -> data-parallel Adafactor steps on a device mesh -> orbax checkpoints and metrics.
+"""The train loop: grain batches -> Adafactor steps on a (data, fsdp, tensor) mesh -> orbax checkpoints and metrics.
 
 Resuming from ``W/checkpoints`` restores parameters, optimizer state, step and the loader
 position, so a restarted run computes exactly the steps an uninterrupted one would.
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from flanpipe.errors import SpecError
-from trainer import checkpoint, data, evaluate, model
+from trainer import checkpoint, data, evaluate, hf_llama, model, sharding
 from trainer.config import ModelConfig, OptimizerConfig, TrainerConfig, resolve_config
 
 
@@ -62,8 +62,9 @@ def train_step(
 ) -> tuple[Any, Any, dict[str, jax.Array]]:
     """One Adafactor step on the mean target-token cross-entropy of a global batch.
 
-    Jitted once per (model, optimizer) config: shardings come from the arguments (parameters
-    replicated, batch split over the mesh's data axis), so XLA all-reduces the gradients.
+    Jitted once per (model, optimizer) config: shardings come from the arguments (parameters and
+    optimizer state by trainer.sharding's rules, batch rows over data x fsdp); XLA propagates
+    them to the updated state and reduces the gradients across the mesh.
     """
     (loss, aux), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch, model_config)
     updates, opt_state = make_optimizer(optimizer_config).update(grads, opt_state, params)
@@ -122,27 +123,39 @@ def _tensorboard_writer(directory: Path) -> Any:
     return write
 
 
+def state_shardings(cfg: TrainerConfig, mesh: Mesh) -> tuple[Any, Any]:
+    """NamedShardings of (params, optimizer state) on ``mesh``, from trainer.sharding's rules."""
+    sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
+    param_shapes = model.param_shapes(cfg.model)
+    opt_shapes = jax.eval_shape(make_optimizer(cfg.optimizer).init, param_shapes)
+    return (sharding.named(mesh, sharding.param_specs(param_shapes, sizes)),
+            sharding.named(mesh, sharding.optimizer_specs(opt_shapes, param_shapes, sizes)))
+
+
 def initial_state(
     cfg: TrainerConfig, mesh: Mesh, *, checkpoints: checkpoint.Checkpoints, iterator: grain.DatasetIterator
 ) -> tuple[Any, Any, int]:
-    """(params, optimizer state, step): from the latest checkpoint (which also positions the iterator),
-    else from ``train.init_checkpoint``'s parameters, else a fresh init from ``train.seed``."""
-    replicated = checkpoint.replicated(mesh)
+    """(params, optimizer state, step), sharded on ``mesh``: from the latest checkpoint (which also positions
+    the iterator, whatever mesh wrote it), else from ``train.init_checkpoint``'s or ``train.init_from``'s
+    parameters, else a fresh init from ``train.seed``."""
+    param_sh, opt_sh = state_shardings(cfg, mesh)
     optimizer = make_optimizer(cfg.optimizer)
     start = checkpoints.latest_step()
     if start is not None:
         param_shapes = model.param_shapes(cfg.model)
         opt_shapes = jax.eval_shape(optimizer.init, param_shapes)
         params, opt_state = checkpoints.restore(
-            start, checkpoint.abstract(param_shapes, replicated), checkpoint.abstract(opt_shapes, replicated), iterator
+            start, checkpoint.abstract(param_shapes, param_sh), checkpoint.abstract(opt_shapes, opt_sh), iterator
         )
         return params, opt_state, start
     if cfg.train.init_checkpoint is not None:
-        params, _ = checkpoint.load_params(cfg.train.init_checkpoint, cfg, mesh)
+        params, _ = checkpoint.load_params(cfg.train.init_checkpoint, cfg, mesh, shardings=param_sh)
+    elif cfg.train.init_from is not None:
+        params = jax.device_put(hf_llama.load_params(cfg.train.init_from.path, cfg.model), param_sh)
     else:
-        init = jax.jit(partial(model.init_params, cfg.model), out_shardings=replicated)
+        init = jax.jit(partial(model.init_params, cfg.model), out_shardings=param_sh)
         params = init(jax.random.key(cfg.train.seed))
-    return params, jax.jit(optimizer.init, out_shardings=replicated)(params), 0
+    return params, jax.jit(optimizer.init, out_shardings=opt_sh)(params), 0
 
 
 def train(
@@ -180,11 +193,17 @@ def train(
     console = console or Console()
     split = data.open_split(data_dir)
     data.check_split(split, cfg, config_path)
-    mesh = data.make_mesh()
+    if cfg.train.init_from is not None:
+        if cfg.model.architecture != "llama":
+            raise SpecError(config_path, None, "model.architecture", "must be llama to start from an hf_llama checkpoint")
+        hf_llama.check_model(cfg.model, cfg.train.init_from.path, config_path)
+    mesh = sharding.make_mesh(cfg.mesh, where=str(config_path))
     rows = cfg.batch_rows
-    if rows % mesh.size:
+    row_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % row_shards:
         raise SpecError(config_path, None, "train.batch_tokens",
-                        f"gives {rows} rows of {cfg.sequence_length} tokens, not divisible over {mesh.size} devices")
+                        f"gives {rows} rows of {cfg.sequence_length} tokens, not divisible over "
+                        f"data x fsdp = {row_shards} devices")
     checkpoint.check_run(workdir, cfg, split.path)
     iterator = iter(data.train_dataset(
         split, batch_rows=rows, seed=cfg.train.seed, process_index=jax.process_index(),
@@ -200,7 +219,8 @@ def train(
     tokens_per_step = rows * cfg.sequence_length
     main_process = jax.process_index() == 0
     if start == 0 and main_process:
-        console.print(f"{cfg.name}: {model.count_params(cfg.model):,} parameters, {mesh.size} device(s), "
+        console.print(f"{cfg.name}: {model.count_params(cfg.model):,} parameters, {mesh.size} device(s) "
+                      f"(data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']} x tensor {mesh.shape['tensor']}), "
                       f"batch {rows} rows x {cfg.sequence_length} = {tokens_per_step:,} tokens", highlight=False)
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=console,
@@ -214,8 +234,9 @@ def train(
             task = bar.add_task(f"train {cfg.name}", total=cfg.train.steps, completed=start, stats="")
             while step < end:
                 batch = data.to_global(next(iterator), mesh)
-                params, opt_state, step_metrics = train_step(
-                    params, opt_state, batch, model_config=cfg.model, optimizer_config=cfg.optimizer)
+                with jax.set_mesh(mesh):  # the model's activation sharding constraints refer to it
+                    params, opt_state, step_metrics = train_step(
+                        params, opt_state, batch, model_config=cfg.model, optimizer_config=cfg.optimizer)
                 step += 1
                 pending.append((step, step_metrics))
                 if step % cfg.train.log_every == 0 or step == end:
