@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -143,3 +144,34 @@ def test_meshes_agree_on_losses_restores_and_shrink_state_per_device(tmp_path_fa
     # fsdp x tensor = 4 on both model-parallel meshes; norms and scalars stay replicated, so slightly above 1/4.
     for name in ("241", "222"):
         assert 0.25 <= compiled[name] / compiled["811"] <= 0.26
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_hosts_of_four_devices_train_like_one_of_eight(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`python -m trainer --coordinator ... train` in two processes (gloo on CPU) = one process, same mesh."""
+    split = fx.shared_split(tmp_path_factory)
+    root = tmp_path_factory.mktemp("hosts")
+    args = ["train", "--data", str(split), "--config", str(fx.TINY_CONFIG), "--quiet",
+            *[a for o in ("train.steps=4", "train.log_every=1", "train.checkpoint_every=4", "mesh.fsdp=2",
+                          "mesh.tensor=2") for a in ("--set", o)]]
+    port = _free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    hosts = [subprocess.Popen([sys.executable, "-m", "trainer", "--coordinator", f"localhost:{port}",
+                               "--num-processes", "2", "--process-id", str(i), *args, "--workdir", str(root / "two")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [h.communicate(timeout=600) for h in hosts]
+    assert all(h.returncode == 0 for h in hosts), [err[-2000:] for _, err in outputs]
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    subprocess.run([sys.executable, "-m", "trainer", *args, "--workdir", str(root / "one")], env=env, check=True,
+                   capture_output=True)
+
+    def losses(workdir: str) -> list[float]:
+        return [json.loads(line)["loss"] for line in (root / workdir / "metrics.jsonl").read_text().splitlines()]
+
+    assert len(losses("two")) == 4 and losses("two") == losses("one")  # bit-identical: the same program
+    assert sorted(p.name for p in (root / "two" / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]

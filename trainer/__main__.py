@@ -22,6 +22,23 @@ Overrides = Annotated[list[str] | None, typer.Option("--set", help="Config overr
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar or table.")]
 
 
+@app.callback()
+def hosts(
+    multi_host: Annotated[bool, typer.Option(
+        "--multi-host", help="Join a multi-process run: jax.distributed.initialize (auto-detected on TPU pods, "
+        "SLURM, Kubernetes; or give the three options below).")] = False,
+    coordinator: Annotated[str | None, typer.Option(
+        "--coordinator", help="host:port of process 0 (implies --multi-host).")] = None,
+    num_processes: Annotated[int | None, typer.Option("--num-processes", help="Processes in the run.")] = None,
+    process_id: Annotated[int | None, typer.Option("--process-id", help="This process's index.")] = None,
+) -> None:
+    """Train and evaluate on a compiled flanpipe split."""
+    if multi_host or coordinator is not None:
+        from trainer.sharding import initialize_hosts
+
+        initialize_hosts(coordinator, num_processes, process_id)
+
+
 @app.command()
 def train(data: Data, config: ConfigPath, workdir: Workdir, set_: Overrides = None, quiet: Quiet = False) -> None:
     """Train (or resume) a model on a split; checkpoints and metrics go to the workdir."""

@@ -10,6 +10,7 @@ they can be computed for a mesh that does not exist here (benchmarks/trainer_mem
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,19 @@ def mesh_shape(config: MeshConfig, devices: int, *, where: str = "<config>") -> 
         raise SpecError(where, None, "mesh", f"data x fsdp x tensor = {data}x{config.fsdp}x{config.tensor} "
                                              f"does not equal the {devices} devices")
     return {"data": data, "fsdp": config.fsdp, "tensor": config.tensor}
+
+
+def initialize_hosts(coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> None:
+    """Join a multi-process run (one process per host) before any device is touched.
+
+    Without arguments the cluster is auto-detected (TPU pods, SLURM, Kubernetes); on CPU the
+    processes exchange collectives through gloo. Every process then sees every device in
+    ``jax.devices()`` and builds the same mesh; each reads its share of the batch rows.
+    """
+    if os.environ.get("JAX_PLATFORMS") == "cpu":  # checked without touching a backend, which must wait
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
 
 
 def make_mesh(config: MeshConfig, *, where: str = "<config>") -> Mesh:
