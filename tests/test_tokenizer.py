@@ -32,7 +32,7 @@ def test_training_is_deterministic_and_uses_t5_ids(tmp_path):
     b = train_tokenizer(texts, tmp_path / "b.model", vocab_size=300)
     assert a.read_bytes() == b.read_bytes()
     tok = Tokenizer.from_file(a)
-    assert tok._sp.pad_id() == 0 and tok._sp.eos_id() == 1 and tok._sp.unk_id() == 2
+    assert (tok.special.pad, tok.special.eos, tok.special.bos, tok.unk_id) == (0, 1, None, 2)
 
 
 def test_bad_model_files(tmp_path):
