@@ -407,6 +407,14 @@ class TokenizerSpec(BaseModel):
         return self
 
 
+# The plain path, or the mapping: chosen by the value's type, so a bad mapping reports its own error
+# (not "should be a valid string").
+TokenizerChoice = Annotated[
+    Annotated[str, Tag("path")] | Annotated[TokenizerSpec, Tag("mapping")],
+    Discriminator(lambda v: "path" if isinstance(v, str) else "mapping"),
+]
+
+
 class PipelineSpec(BaseModel):
     """What to build: which held-out mixtures, from which source, with which settings."""
 
@@ -415,7 +423,7 @@ class PipelineSpec(BaseModel):
     description: str = Field(default="", description="Free text shown by 'flanpipe plan'.")
     seed: int = Field(description="Seed of every random choice (stable hashing).")
     source: SamplesSource | TfdsDataSource = Field(discriminator="kind")
-    tokenizer: str | TokenizerSpec = Field(description=(
+    tokenizer: TokenizerChoice = Field(description=(
         "A SentencePiece .model or a Hugging Face tokenizer.json (path relative to the pipeline file or absolute), "
         "or {path: ..., eos_id, pad_id, pad, bos, ...} to set its special ids."))
     layout: Literal["decoder_only", "encoder_decoder"]
