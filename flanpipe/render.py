@@ -205,7 +205,8 @@ def render_unit(job: DatasetJob, split: str, chunk: int, variant: int) -> dict[s
         lengths = (np.minimum(n_in, job.settings.inputs_length - 1 - bos) + bos
                    + np.minimum(n_out, job.settings.targets_length - 1) + 2)
         write_table(target, table)
-        stats = {"rows": table.num_rows, "tokens": int(lengths.sum())}
+        # The ids in the table are this tokenizer's (the entry's key hashes the same identity).
+        stats = {"rows": table.num_rows, "tokens": int(lengths.sum()), "tokenizer": job.tokenizer.identity}
     else:
         table = render_eval(job.compiled, split, fields, job.settings)
         write_table(target, table)
