@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import re
 from pathlib import Path
@@ -236,6 +237,7 @@ def test_bpe_tokenizer_json_reads_its_ids_and_round_trips(tmp_path):
     assert (top["tokenizer"]["file"], top["tokenizer"]["kind"]) == ("tokenizer.json", "tokenizer.json")
     assert (out / "tokenizer.json").read_bytes() == path.read_bytes()
     assert _check_compiled(out, tok, lambda text: text, pad=0, eos=2, bos=None) == 100
+    assert verify_output(str(out)) == []  # the tokenizer.json copy is among the checked files
     split = data.open_split(out / "sentiment")
     loaded = data.load_tokenizer(split)
     assert split.special == SpecialIds(pad=0, eos=2) and loaded.decode(loaded.encode_batch(["Héllo  x"])[0]) == "Héllo  x"
@@ -295,3 +297,18 @@ def test_conflicting_tokenizer_overrides_are_one_line_spec_errors(tmp_path, toke
     with pytest.raises(SpecError) as e:
         load_pipeline(pipe)
     assert str(e.value).startswith(f"{pipe}:4: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_worker_processes_encode_tokenizer_json_on_one_thread_unless_told(tmp_path, monkeypatch):
+    from flanpipe.compiler import _tokenizer_threads
+
+    tok = Tokenizer.from_file(_bpe_json(tmp_path, ["the river ran past seven old mills"] * 20))
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    with _tokenizer_threads(tok, 2):
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # inherited by the worker processes
+    assert "TOKENIZERS_PARALLELISM" not in os.environ
+    with _tokenizer_threads(tok, 1), _tokenizer_threads(Tokenizer.from_file(DEFAULT_MODEL), 2):
+        assert "TOKENIZERS_PARALLELISM" not in os.environ  # one process: the library's threads; SentencePiece
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    with _tokenizer_threads(tok, 2):
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"  # the user's choice stands
