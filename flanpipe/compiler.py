@@ -25,7 +25,7 @@ from flanpipe.jobs import DatasetJob, JobContext, RenderSettings, mixtures_of
 from flanpipe.manifest import MANIFEST, FORMAT, SplitManifest, TopManifest
 from flanpipe.plan import Plan, SplitPlan, load_plan
 from flanpipe.progress import Snapshot, Watcher
-from flanpipe.schema import PAD_ID, EOS_ID, RecordLayout
+from flanpipe.schema import RecordLayout
 from flanpipe.sources import source_fingerprint
 from flanpipe.spec import ExamplesSize
 from flanpipe.tfds_export import tfds_name, write_tfds_metadata
@@ -34,7 +34,6 @@ from flanpipe.verify import datasets_in_split, leakage
 from flanpipe.write import STATS_DIR, shard_name
 
 IN_PROGRESS = ".in_progress.json"
-TOKENIZER_FILE = "tokenizer.model"
 DEFAULT_CACHE = Path.home() / ".cache" / "flanpipe"
 
 
@@ -80,7 +79,7 @@ def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, 
 
 def pipeline_hash(plan: Plan, tokenizer: Tokenizer, jobs: dict[str, DatasetJob]) -> str:
     """Hash of the resolved pipeline, the tokenizer and every dataset's content key."""
-    blob = json.dumps({"pipeline": plan.pipeline.model_dump(mode="json"), "tokenizer": tokenizer.sha256,
+    blob = json.dumps({"pipeline": plan.pipeline.model_dump(mode="json"), "tokenizer": tokenizer.identity,
                        "datasets": {n: j.key for n, j in sorted(jobs.items())},
                        "splits": [s.name for s in plan.splits]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -109,9 +108,9 @@ def describe_compile(pipeline: str | Path, options: CompileOptions) -> list[str]
     Checks the same inputs as a real compile (pipeline, tokenizer, sources) but writes nothing.
     """
     plan = load_plan(pipeline, templates=options.templates, only=list(options.splits) or None)
-    tokenizer = Tokenizer.from_file(plan.tokenizer)
+    tokenizer = Tokenizer.from_file(plan.tokenizer, plan.tokenizer_options)
     jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
-    ctx = _context(plan, storage.resolve(options.out), jobs, options)
+    ctx = _context(plan, storage.resolve(options.out), jobs, options, tokenizer)
     return describe_job(lambda p: build(p, ctx), options.runner, beam_args=options.beam_args)
 
 
@@ -128,7 +127,7 @@ def run_compile(pipeline: str | Path, options: CompileOptions, progress: Callabl
     """
     plan = load_plan(pipeline, templates=options.templates, only=list(options.splits) or None)
     tok_path = plan.tokenizer
-    tokenizer = Tokenizer.from_file(tok_path)
+    tokenizer = Tokenizer.from_file(tok_path, plan.tokenizer_options)
     out = storage.resolve(options.out)
     _check_out_dir(out, plan.pipeline.name, options.overwrite)
     jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
@@ -143,12 +142,12 @@ def run_compile(pipeline: str | Path, options: CompileOptions, progress: Callabl
         write_bytes(storage.join(out, IN_PROGRESS), json.dumps({"pipeline": resolved}).encode())
         # Read before the job, not from Beam metrics: not every runner reports metrics (DaskRunner does not).
         misses = sorted(n for n, j in jobs.items() if not all(storage.exists(j.entry.read_meta(s)) for s in j.splits))
-        ctx = _context(plan, out, jobs, options)
+        ctx = _context(plan, out, jobs, options, tokenizer)
         progress(f"running the Beam job ({options.runner}, {len(jobs)} datasets, {len(plan.splits)} splits, "
                  f"{len(ctx.mixtures)} distinct train mixtures)")
         failures.clear(out)
         try:
-            with Watcher(ctx, watch) if watch else _nothing():
+            with Watcher(ctx, watch) if watch else _nothing(), _tokenizer_threads(tokenizer, options.workers):
                 run_job(lambda p: build(p, ctx), options.runner, workers=options.workers, mode=options.mode,
                         beam_args=options.beam_args, dask_address=options.dask_address)
         except Exception as e:  # the first worker error in one line, whatever shape the runner gave it
@@ -165,6 +164,20 @@ def run_compile(pipeline: str | Path, options: CompileOptions, progress: Callabl
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+@contextmanager
+def _tokenizer_threads(tokenizer: Tokenizer, workers: int) -> Iterator[None]:
+    """With several worker processes, each encodes tokenizer.json batches on one thread (the processes already
+    share the cores), unless TOKENIZERS_PARALLELISM is set: workers inherit the driver's environment."""
+    if tokenizer.kind != "tokenizer.json" or workers <= 1 or "TOKENIZERS_PARALLELISM" in os.environ:
+        yield
+        return
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        del os.environ["TOKENIZERS_PARALLELISM"]
 
 
 @contextmanager
@@ -190,7 +203,8 @@ def _exclusive(out: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob], options: CompileOptions) -> JobContext:
+def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob], options: CompileOptions, tokenizer: Tokenizer
+             ) -> JobContext:
     p = plan.pipeline
     size = p.mixture_size
     return JobContext(
@@ -200,6 +214,7 @@ def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob], options: Compile
         maximum_rate=p.mixing.maximum_rate,
         mixture_examples=size.examples if isinstance(size, ExamplesSize) else None,
         mixture_tokens=None if isinstance(size, ExamplesSize) else size.steps * size.batch_tokens,
+        special=tokenizer.special,
         prompt_tuning_sets=p.prompt_tuning_sets, table_cache_bytes=options.table_cache_mb << 20,
         formats=p.formats is not None)
 
@@ -212,8 +227,8 @@ def _finish(plan: Plan, ctx: JobContext, tokenizer: Tokenizer, tok_path: Path, r
     computed_in = {s: m.name for m in ctx.mixtures for s in (m.name, *m.aliases)}
     metas = {n: {s: read_json(j.entry.read_meta(s)) for s in j.splits} for n, j in ctx.datasets.items()}
     reads = {n: {s: m["counts"] for s, m in ms.items()} for n, ms in metas.items()}
-    tok_digest = write_bytes(storage.join(out, TOKENIZER_FILE), tokenizer.model_proto)
-    known = {TOKENIZER_FILE: tok_digest}
+    tok_digest = write_bytes(storage.join(out, tokenizer.file_name), tokenizer.model_proto)
+    known = {tokenizer.file_name: tok_digest}
     split_manifests = {}
     for split in ctx.splits:
         m, digests = _finish_split(plan, ctx, split, mixes[computed_in[split.name]], computed_in[split.name],
@@ -223,8 +238,7 @@ def _finish(plan: Plan, ctx: JobContext, tokenizer: Tokenizer, tok_path: Path, r
     storage.remove(storage.join(out, MIXTURES_FILE))
     top = TopManifest(
         format=FORMAT, pipeline=resolved,
-        tokenizer={"file": TOKENIZER_FILE, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
-                   "source": tok_path.name},
+        tokenizer=manifest.tokenizer_info(tokenizer, tok_path.name),
         versions=_versions(), splits=[s.name for s in ctx.splits],
         datasets={n: {"cache_key": j.key, "cluster": j.spec.cluster, "read": reads[n],
                       "bad_examples": {s: m["bad"] for s, m in metas[n].items() if m.get("bad")}}
@@ -268,7 +282,8 @@ def _finish_split(plan: Plan, ctx: JobContext, split: SplitPlan, mix: dict[str, 
     m = SplitManifest(
         format=FORMAT, split=split.name, layout=layout.layout,
         lengths={"inputs": layout.inputs_length, "targets": layout.targets_length},
-        vocab_size=tokenizer.vocab_size, pad_id=PAD_ID, eos_id=EOS_ID, removed_clusters=list(split.removed),
+        vocab_size=tokenizer.vocab_size, pad_id=tokenizer.special.pad, eos_id=tokenizer.special.eos,
+        bos_id=tokenizer.special.bos, removed_clusters=list(split.removed),
         train={"shards": [f for f in files if f.startswith("train/") and f.endswith(".array_record")],
                "rows": summary.rows, "computed_in": computed_in},
         eval={d: {"file": f"eval/{d}.parquet", "kind": plan.collection.datasets[d].kind, "metric": _metric(plan, d)}
@@ -296,7 +311,7 @@ def _metric(plan: Plan, dataset: str) -> str:
 
 def _versions() -> dict[str, str]:
     out = {"flanpipe": __version__, "python": sys.version.split()[0]}
-    for pkg in ("apache-beam", "array-record", "pyarrow", "sentencepiece", "jinja2", "pydantic",
+    for pkg in ("apache-beam", "array-record", "pyarrow", "sentencepiece", "tokenizers", "jinja2", "pydantic",
                 "tensorflow-datasets", "numpy"):
         try:
             out[pkg] = version(pkg)

@@ -11,7 +11,7 @@ from typing import Any
 from flanpipe import __version__, storage
 from flanpipe.formats import Shares, shares_of
 from flanpipe.plan import SplitPlan
-from flanpipe.schema import RecordLayout
+from flanpipe.schema import RecordLayout, SpecialIds
 from flanpipe.spec import (DatasetSpec, FewShot, OptionsFormat, PipelineSpec, SamplesSource, TemplateLimits,
                            TfdsDataSource)
 from flanpipe.store import Entry
@@ -87,7 +87,7 @@ class DatasetJob:
         blob = json.dumps({
             "format": CACHE_FORMAT, "flanpipe": __version__, "dataset": self.spec.name, "spec": self.spec_sha256,
             "cluster_title": self.cluster_title, "source": self.source_fingerprint,
-            "tokenizer": self.tokenizer.sha256, "settings": self.settings.as_dict(),
+            "tokenizer": self.tokenizer.identity, "settings": self.settings.as_dict(),
         }, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -154,6 +154,7 @@ class JobContext:
     maximum_rate: int
     mixture_examples: int | None  # None: sized from mixture_tokens
     mixture_tokens: int | None
+    special: SpecialIds  # the tokenizer's ids every row uses
     prompt_tuning_sets: bool = False
     table_cache_bytes: int = 256 << 20
     formats: bool = False  # the pipeline sets prompt formats: rendered rows and examples carry a 'format' column

@@ -19,6 +19,7 @@ from flanpipe.errors import OutputError
 from flanpipe.files import write_json
 from flanpipe.packing import lower_bound
 from flanpipe.schema import RecordLayout
+from flanpipe.tokenizer import Tokenizer
 
 FORMAT = "flanpipe/2"
 MANIFEST = "manifest.json"
@@ -95,8 +96,10 @@ class SplitManifest(BaseModel):
     layout: Literal["decoder_only", "encoder_decoder"]
     lengths: Lengths
     vocab_size: int
-    pad_id: int
-    eos_id: int
+    pad_id: int = Field(description="The tokenizer's padding id, as in the top manifest's tokenizer.pad_id.")
+    eos_id: int = Field(description="Id ending every input and target part of a row.")
+    bos_id: int | None = Field(default=None, description="Id starting every input part of a row; None: no BOS "
+                                                          "(the default, and every output of earlier versions).")
     removed_clusters: list[str]
     train: TrainFiles
     eval: dict[str, EvalFile]
@@ -120,11 +123,30 @@ class PipelineInfo(BaseModel):
 
 
 class TokenizerInfo(BaseModel):
+    """The tokenizer copied into the output and the special ids its rows use (readers take them from here)."""
+
     model_config = _MODEL
-    file: str
+    file: str = Field(description="The copy, relative to the output: tokenizer.model or tokenizer.json.")
     sha256: str
     vocab_size: int
-    source: str
+    source: str = Field(description="File name the pipeline named.")
+    kind: Literal["sentencepiece", "tokenizer.json"] = Field(
+        default="sentencepiece", description="Which library reads the file (sentencepiece, or tokenizers for "
+                                             "tokenizer.json); earlier versions wrote only sentencepiece.")
+    pad_id: int = Field(default=0, description="Padding id (earlier versions: always 0).")
+    eos_id: int = Field(default=1, description="End-of-sequence id closing every input and target part "
+                                               "(earlier versions: always 1).")
+    bos_id: int | None = Field(default=None, description="Beginning-of-sequence id starting every input part; "
+                                                          "None: rows have no BOS.")
+    unk_id: int | None = Field(default=None, description="The model's unknown-token id, for reference.")
+
+
+def tokenizer_info(tokenizer: Tokenizer, source: str) -> TokenizerInfo:
+    """The top manifest's record of ``tokenizer`` (its copy is written as ``tokenizer.file_name``)."""
+    s = tokenizer.special
+    return TokenizerInfo(file=tokenizer.file_name, sha256=tokenizer.sha256, vocab_size=tokenizer.vocab_size,
+                         source=source, kind=tokenizer.kind, pad_id=s.pad, eos_id=s.eos, bos_id=s.bos,
+                         unk_id=tokenizer.unk_id)
 
 
 class BadInfo(BaseModel):

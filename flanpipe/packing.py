@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from flanpipe.schema import EOS_ID, PAD_ID, RecordLayout
+from flanpipe.schema import RecordLayout, SpecialIds
 
 Algorithm = Literal["best_fit_decreasing", "next_fit"]
 
@@ -43,10 +43,11 @@ class Items:
 
 @dataclass(frozen=True)
 class Trim:
-    """Which tokens of each item survive truncation; every kept part then ends in one EOS.
+    """Which tokens of each item survive truncation; every kept part then ends in one EOS (and every input
+    starts with one BOS when ``bos``).
 
-    Lengths include the EOS, as in seqio: an input of ``inputs_length`` tokens keeps
-    ``inputs_length - 1`` text tokens.
+    Lengths include the EOS (and BOS), as in seqio: an input of ``inputs_length`` tokens keeps
+    ``inputs_length - 1`` text tokens (``inputs_length - 2`` with a BOS).
     """
 
     input_start: np.ndarray  # index into Items.input_values of the first kept input token
@@ -55,24 +56,27 @@ class Trim:
     target_kept: np.ndarray
     input_truncated: np.ndarray  # bool
     target_truncated: np.ndarray
+    bos: int = 0  # 1: every input starts with a BOS token
 
     @property
     def input_length(self) -> np.ndarray:
-        return self.input_kept + 1
+        return self.input_kept + 1 + self.bos
 
     @property
     def target_length(self) -> np.ndarray:
         return self.target_kept + 1
 
 
-def trim(items: Items, layout: RecordLayout, *, side: Literal["right", "left"] = "right") -> Trim:
-    """Cut inputs (on ``side``) and targets (at the end) so each part plus its EOS fits its length."""
+def trim(items: Items, layout: RecordLayout, *, side: Literal["right", "left"] = "right", bos: bool = False
+         ) -> Trim:
+    """Cut inputs (on ``side``) and targets (at the end) so each part plus its EOS (and an input's BOS) fits."""
     n_in = np.diff(items.input_offsets)
     n_out = np.diff(items.target_offsets)
-    kept_in = np.minimum(n_in, layout.inputs_length - 1)
+    kept_in = np.minimum(n_in, layout.inputs_length - 1 - int(bos))
     kept_out = np.minimum(n_out, layout.targets_length - 1)
     in_start = items.input_offsets[:-1] + (n_in - kept_in if side == "left" else 0)
-    return Trim(in_start, kept_in, items.target_offsets[:-1].copy(), kept_out, n_in > kept_in, n_out > kept_out)
+    return Trim(in_start, kept_in, items.target_offsets[:-1].copy(), kept_out, n_in > kept_in, n_out > kept_out,
+                int(bos))
 
 
 def sizes_of(t: Trim, layout: RecordLayout) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -297,14 +301,20 @@ def _segments(rows: int, length: int, dest: np.ndarray, size: np.ndarray, segmen
     return covered, seg, pos
 
 
-def build_rows(items: Items, t: Trim, place: Placement, layout: RecordLayout, *, eos_id: int = EOS_ID,
-               pad_id: int = PAD_ID) -> dict[str, np.ndarray]:
+def build_rows(items: Items, t: Trim, place: Placement, layout: RecordLayout, *, special: SpecialIds
+               ) -> dict[str, np.ndarray]:
     """The feature arrays of every packed row (seqio feature-converter layout), each ``(rows, length)`` int32.
 
-    decoder_only rows hold ``inputs EOS targets EOS`` per segment; the loss covers the targets
+    decoder_only rows hold ``[BOS] inputs EOS targets EOS`` per segment; the loss covers the targets
     and their EOS, and the prefix-LM mask covers the inputs plus the first target position
     (fed the input's EOS) — seqio PrefixLMFeatureConverter's ``inputs_width + 1``.
+
+    Raises:
+      ValueError: ``t`` has a BOS but ``special`` none.
     """
+    if t.bos and special.bos is None:
+        raise ValueError("the trim reserves a BOS position but the special ids have no bos")
+    eos_id, pad_id = special.eos, special.pad
     rows = place.rows
     seg_ids = place.segment.astype(np.int32)
     in_len, out_len = t.input_length, t.target_length
@@ -313,8 +323,10 @@ def build_rows(items: Items, t: Trim, place: Placement, layout: RecordLayout, *,
         size = in_len + out_len
         dest = place.row * length + _offsets(place, size)
         tokens = np.full(rows * length, pad_id, np.int32)
-        tokens[_ranges(dest, t.input_kept)] = items.input_values[_ranges(t.input_start, t.input_kept)]
-        tokens[dest + t.input_kept] = eos_id
+        if t.bos:
+            tokens[dest] = special.bos
+        tokens[_ranges(dest + t.bos, t.input_kept)] = items.input_values[_ranges(t.input_start, t.input_kept)]
+        tokens[dest + t.bos + t.input_kept] = eos_id
         tokens[_ranges(dest + in_len, t.target_kept)] = items.target_values[_ranges(t.target_start, t.target_kept)]
         tokens[dest + in_len + t.target_kept] = eos_id
         _, seg, pos = _segments(rows, length, dest, size, seg_ids)
@@ -336,8 +348,10 @@ def build_rows(items: Items, t: Trim, place: Placement, layout: RecordLayout, *,
     enc_dest = place.row * li + _offsets(place, in_len)
     dec_dest = place.row * lt + _offsets(place, out_len)
     enc = np.full(rows * li, pad_id, np.int32)
-    enc[_ranges(enc_dest, t.input_kept)] = items.input_values[_ranges(t.input_start, t.input_kept)]
-    enc[enc_dest + t.input_kept] = eos_id
+    if t.bos:
+        enc[enc_dest] = special.bos
+    enc[_ranges(enc_dest + t.bos, t.input_kept)] = items.input_values[_ranges(t.input_start, t.input_kept)]
+    enc[enc_dest + t.bos + t.input_kept] = eos_id
     dec = np.full(rows * lt, pad_id, np.int32)
     dec[_ranges(dec_dest, t.target_kept)] = items.target_values[_ranges(t.target_start, t.target_kept)]
     dec[dec_dest + t.target_kept] = eos_id
@@ -356,24 +370,24 @@ def build_rows(items: Items, t: Trim, place: Placement, layout: RecordLayout, *,
     }
 
 
-def single_row(input_ids: Sequence[int], target_ids: Sequence[int], layout: RecordLayout, *,
+def single_row(input_ids: Sequence[int], target_ids: Sequence[int], layout: RecordLayout, *, special: SpecialIds,
                side: Literal["right", "left"] = "right", prefix: int = 0) -> dict[str, np.ndarray]:
     """One unpacked example as a row (1-D arrays), built by the same code as packed rows.
 
-    ``prefix`` reserves that many leading input positions (pad tokens inside the segment),
+    ``prefix`` reserves that many leading input positions (pad tokens inside the segment, after the BOS),
     e.g. for a soft prompt; the row is then ``prefix`` positions longer on the input side.
     """
     items = Items.from_lists([input_ids], [target_ids])
-    t = trim(items, layout, side=side)
+    t = trim(items, layout, side=side, bos=special.bos is not None)
     if prefix:
-        pads = np.full(prefix, PAD_ID, np.int32)
+        pads = np.full(prefix, special.pad, np.int32)
         kept = items.input_values[t.input_start[0]:t.input_start[0] + t.input_kept[0]]
         items = Items(np.concatenate([pads, kept]), np.array([0, prefix + len(kept)]),
                       items.target_values, items.target_offsets)
         t = Trim(np.zeros(1, np.int64), t.input_kept + prefix, t.target_start, t.target_kept,
-                 t.input_truncated, t.target_truncated)
+                 t.input_truncated, t.target_truncated, t.bos)
         layout = RecordLayout(layout.layout, layout.inputs_length + prefix, layout.targets_length)
-    row = build_rows(items, t, Placement(np.zeros(1, np.int64), np.ones(1, np.int64), 1), layout)
+    row = build_rows(items, t, Placement(np.zeros(1, np.int64), np.ones(1, np.int64), 1), layout, special=special)
     return {name: value[0] for name, value in row.items()}
 
 

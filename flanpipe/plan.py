@@ -10,7 +10,7 @@ from flanpipe.errors import SourceError, SpecError, did_you_mean
 from flanpipe.mixing import allocate, mixing_rates
 from flanpipe.paths import package_path
 from flanpipe.sources import count_examples
-from flanpipe.spec import ExamplesSize, PipelineSpec, SamplesSource, TfdsDataSource, load_pipeline
+from flanpipe.spec import ExamplesSize, PipelineSpec, SamplesSource, TfdsDataSource, TokenizerSpec, load_pipeline
 from flanpipe.yamlio import Located
 
 ALL_SPLIT = "all"
@@ -40,7 +40,8 @@ class Plan:
     counts: dict[str, int | None]  # train examples per dataset a split may train on, capped (None: data not there)
     splits: tuple[SplitPlan, ...]
     source: SamplesSource | TfdsDataSource  # the pipeline's source with its directory resolved
-    tokenizer: Path  # the tokenizer model, resolved
+    tokenizer: Path  # the tokenizer file, resolved
+    tokenizer_options: TokenizerSpec | None = None  # the pipeline's special-id overrides (its dict form)
 
     @property
     def datasets(self) -> list[str]:
@@ -109,8 +110,11 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
         for d in sorted({d for s in splits for d in s.eval}):
             for split in ("validation", "test"):
                 count_examples(collection.datasets[d], split, source)
-    return Plan(pipeline, located.path.resolve(), collection, counts, tuple(splits), source,
-                Path(resolve_path(pipeline.tokenizer, located, ("tokenizer",))))
+    tok = pipeline.tokenizer
+    tok_path = (resolve_path(tok, located, ("tokenizer",)) if isinstance(tok, str)
+                else resolve_path(tok.path, located, ("tokenizer", "path")))
+    return Plan(pipeline, located.path.resolve(), collection, counts, tuple(splits), source, Path(tok_path),
+                None if isinstance(tok, str) else tok)
 
 
 def resolve_path(value: str, located: Located, loc: tuple[str | int, ...]) -> str:

@@ -236,13 +236,15 @@ def render_unit(job: DatasetJob, split: str, chunk: int, variant: int) -> dict[s
     if split == "train":
         shots = exemplars(job, job.settings.instructions)
         table = render_train(job.compiled, fields, variant, job.settings, job.tokenizer, shots=shots)
-        # What the example takes in a row (after truncation, EOS included): sizes the mixture in tokens.
+        # What the example takes in a row (after truncation, EOS and BOS included): sizes the mixture in tokens.
         n_in = np.asarray(table.column("input_ids").combine_chunks().value_lengths())
         n_out = np.asarray(table.column("target_ids").combine_chunks().value_lengths())
-        lengths = (np.minimum(n_in, job.settings.inputs_length - 1) + np.minimum(n_out, job.settings.targets_length - 1)
-                   + 2)
+        bos = int(job.tokenizer.special.bos is not None)
+        lengths = (np.minimum(n_in, job.settings.inputs_length - 1 - bos) + bos
+                   + np.minimum(n_out, job.settings.targets_length - 1) + 2)
         write_table(target, table)
-        stats = {"rows": table.num_rows, "tokens": int(lengths.sum())}
+        # The ids in the table are this tokenizer's (the entry's key hashes the same identity).
+        stats = {"rows": table.num_rows, "tokens": int(lengths.sum()), "tokenizer": job.tokenizer.identity}
     else:
         table = render_eval(job.compiled, split, fields, job.settings)
         write_table(target, table)

@@ -19,8 +19,16 @@ DECODER_FEATURES: tuple[str, ...] = (
 DECODER_ONLY_FEATURES: tuple[str, ...] = DECODER_FEATURES + ("decoder_causal_attention",)
 ENCODER_FEATURES: tuple[str, ...] = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
 
-PAD_ID = 0
-EOS_ID = 1
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The tokenizer's ids a packed row uses, read from the model (or the pipeline's overrides) and recorded
+    in every manifest: never constants, since models differ (T5: pad 0, eos 1; Llama: unk 0, bos 1, eos 2)."""
+
+    pad: int  # padding, and the decoder input at segment starts
+    eos: int  # ends every input and target part
+    bos: int | None = None  # prepended to every input part when set (``tokenizer: {bos: true}``)
 
 
 @dataclass(frozen=True)

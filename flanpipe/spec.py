@@ -438,6 +438,45 @@ class TemplateLimits(BaseModel):
     integer_bits: int = Field(default=4096, ge=64, description="Largest integer (in bits) '*' or '**' may produce.")
 
 
+class TokenizerSpec(BaseModel):
+    """A tokenizer file with its special ids: read from the model, each overridable here."""
+
+    model_config = _STRICT
+    path: str = Field(min_length=1, description=(
+        "A SentencePiece .model or a Hugging Face tokenizer.json, relative to the pipeline file or absolute."))
+    eos_id: int | None = Field(default=None, ge=0, description="End-of-sequence id; None: the model's.")
+    eos_token: str | None = Field(default=None, min_length=1, description="End-of-sequence token, by name.")
+    pad_id: int | None = Field(default=None, ge=0, description="Padding id; None: the model's (or the pad rule).")
+    pad_token: str | None = Field(default=None, min_length=1, description="Padding token, by name.")
+    pad: Literal["eos", "unk"] | None = Field(default=None, description=(
+        "For a model without a pad token: pad with its eos (or unk) id. Padding is never attended to "
+        "nor trained on (segment id 0, loss weight 0), so any id works."))
+    bos: bool = Field(default=False, description="Prepend the beginning-of-sequence token to every input.")
+    bos_id: int | None = Field(default=None, ge=0, description="Beginning-of-sequence id (with bos: true); "
+                                                               "None: the model's.")
+    bos_token: str | None = Field(default=None, min_length=1, description="Beginning-of-sequence token, by name "
+                                                                          "(with bos: true).")
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizerSpec:
+        for name, keys in (("eos", ("eos_id", "eos_token")), ("pad", ("pad_id", "pad_token", "pad")),
+                           ("bos", ("bos_id", "bos_token"))):
+            given = [k for k in keys if getattr(self, k) is not None]
+            if len(given) > 1:
+                raise ValueError(f"{' and '.join(given)} both choose the {name} token; set only one")
+        if not self.bos and (self.bos_id is not None or self.bos_token is not None):
+            raise ValueError("bos_id/bos_token choose the token prepended with bos: true; bos is false")
+        return self
+
+
+# The plain path, or the mapping: chosen by the value's type, so a bad mapping reports its own error
+# (not "should be a valid string").
+TokenizerChoice = Annotated[
+    Annotated[str, Tag("path")] | Annotated[TokenizerSpec, Tag("mapping")],
+    Discriminator(lambda v: "path" if isinstance(v, str) else "mapping"),
+]
+
+
 class PipelineSpec(BaseModel):
     """What to build: which held-out mixtures, from which source, with which settings."""
 
@@ -446,7 +485,9 @@ class PipelineSpec(BaseModel):
     description: str = Field(default="", description="Free text shown by 'flanpipe plan'.")
     seed: int = Field(description="Seed of every random choice (stable hashing).")
     source: SamplesSource | TfdsDataSource = Field(discriminator="kind")
-    tokenizer: str = Field(description="Path of a SentencePiece .model, relative to the pipeline file or absolute.")
+    tokenizer: TokenizerChoice = Field(description=(
+        "A SentencePiece .model or a Hugging Face tokenizer.json (path relative to the pipeline file or absolute), "
+        "or {path: ..., eos_id, pad_id, pad, bos, ...} to set its special ids."))
     layout: Literal["decoder_only", "encoder_decoder"]
     lengths: Lengths
     truncate: Literal["right", "left"] = Field(description="Which end of an over-long input is cut.")

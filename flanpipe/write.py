@@ -234,7 +234,7 @@ def write_shard(ctx: JobContext, mixture: MixturePlan, shard: int, mix: Mixture,
             continue
         w = gather(slices, names, kept, readers)
         items = _items(w.table)
-        t = trim(items, layout, side=ctx.truncate)  # type: ignore[arg-type]
+        t = trim(items, layout, side=ctx.truncate, bos=ctx.special.bos is not None)  # type: ignore[arg-type]
         sizes, capacity = sizes_of(t, layout)
         # Shuffle by stable hash (ties and next-fit order), independent of which split computes it.
         shuffle = mix64(mix64(np.asarray(w.table.column("key_hash")), SHUFFLE), w.use.astype(np.uint64))
@@ -242,7 +242,7 @@ def write_shard(ctx: JobContext, mixture: MixturePlan, shard: int, mix: Mixture,
         placed = pack(sizes[perm], capacity, algorithm=ctx.algorithm, enabled=ctx.packing)  # type: ignore[arg-type]
         row, segment = np.empty_like(placed.row), np.empty_like(placed.segment)
         row[perm], segment[perm] = placed.row, placed.segment
-        arrays = build_rows(items, t, Placement(row, segment, placed.rows), layout)
+        arrays = build_rows(items, t, Placement(row, segment, placed.rows), layout, special=ctx.special)
         records.write_all(encode_rows(arrays))
         rows_out.write(_rows_table(arrays, layout))
         order = np.lexsort((segment, row))

@@ -62,5 +62,6 @@ def world_jobs(root: Path, cache: str = "cache") -> tuple[Any, dict[str, Any], A
     from flanpipe.tokenizer import Tokenizer
 
     plan = load_plan(root / "pipeline.yaml", templates=root / "templates")
-    jobs = dataset_jobs(plan, Tokenizer.from_file(plan.tokenizer), str(root / cache))
-    return plan, jobs, _context(plan, str(root / "out"), jobs, CompileOptions(out=str(root / "out")))
+    tokenizer = Tokenizer.from_file(plan.tokenizer, plan.tokenizer_options)
+    jobs = dataset_jobs(plan, tokenizer, str(root / cache))
+    return plan, jobs, _context(plan, str(root / "out"), jobs, CompileOptions(out=str(root / "out")), tokenizer)

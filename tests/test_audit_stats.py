@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.audit.stats import option_balance, split_options
+from flanpipe.audit.stats import SplitStats, option_balance, split_options
 from flanpipe.spec import OptionsFormat
 from flanpipe.templates import options_suffix
 
@@ -92,6 +93,18 @@ def test_packing_efficiency_per_shard_matches_the_packed_rows(clean):
             assert sh["tokens"] == int((flat != 0).sum())
             assert sh["packing_efficiency"] == pytest.approx(sh["tokens"] / (sh["rows"] * 80))
         assert s["summary"]["packing_efficiency"] == pytest.approx(m["summary"]["packing_efficiency"])
+        assert s["manifest_mismatches"] == []  # padding holds the manifest's pad_id
+
+
+@pytest.mark.parametrize("pad_id,bad", [(0, 0), (2, 2)])
+def test_padding_is_checked_against_the_manifests_pad_id(pad_id, bad):
+    # The first row ends in 2 padding positions (segment 0) holding 0; the second row has none.
+    table = pa.table({"decoder_segment_ids": [[1, 1, 0, 0], [1, 1, 2, 2]],
+                      "decoder_target_tokens": [[5, 1, 0, 0], [6, 1, 0, 1]]})
+    stats = SplitStats({"pad_id": pad_id, "lengths": {"inputs": 2, "targets": 2}, "layout": "decoder_only"}, FMT, {})
+    stats.add_packed("train/x.parquet", table, 4)
+    found = [m for m in stats.result()["manifest_mismatches"] if m.startswith("padding")]
+    assert found == ([f"padding: {bad} positions hold an id other than the manifest's pad_id {pad_id}"] if bad else [])
 
 
 def test_option_balance_of_classification_targets(clean):

@@ -14,7 +14,7 @@ from flanpipe.compiler import CompileOptions, run_compile
 from flanpipe.errors import OutputError, SpecError, TokenizerError
 from flanpipe.packing import unpack
 from flanpipe.records import decode_example
-from flanpipe.schema import EOS_ID, RecordLayout
+from flanpipe.schema import RecordLayout
 from flanpipe.tokenizer import Tokenizer
 from flanpipe.verify import verify_output
 
@@ -67,6 +67,8 @@ def test_packed_rows_round_trip_to_the_rendered_examples(world):
     out = world / "out" / "natural_language_inference"
     layout = RecordLayout("decoder_only", 64, 16)
     tok = Tokenizer.from_file(world / "out" / "tokenizer.model")
+    eos = json.loads((world / "out" / "manifest.json").read_text())["tokenizer"]["eos_id"]
+    assert eos == tok.special.eos == 1  # the world's T5-style model
     examples = pq.read_table(out / "examples" / "00000-of-00002.parquet").to_pylist()
     source = grain.sources.ArrayRecordDataSource([str(out / "train" / "00000-of-00002.array_record")])
     rows = [decode_example(source[i], layout) for i in range(len(source))]
@@ -77,8 +79,8 @@ def test_packed_rows_round_trip_to_the_rendered_examples(world):
         want_out = tok.encode_batch([e["targets"]])[0]
         if e["input_truncated"]:
             want_in = want_in[:layout.inputs_length - 1]
-        assert seg_in.tolist() == want_in + [EOS_ID]
-        assert seg_out.tolist() == want_out[:layout.targets_length - 1] + [EOS_ID]
+        assert seg_in.tolist() == want_in + [eos]
+        assert seg_out.tolist() == want_out[:layout.targets_length - 1] + [eos]
         assert tok.decode(seg_out) == e["targets"]
 
 
@@ -95,7 +97,7 @@ def test_segments_isolate_examples_and_loss_is_on_targets_only(world):
                 assert pos[s] == 0 and r["decoder_input_tokens"][s] == 0
         for s_id, (inp, tgt) in enumerate(unpack(r, layout), 1):
             mask = seg == s_id
-            assert loss[mask].sum() == len(tgt) and tgt[-1] == EOS_ID and inp[-1] == EOS_ID
+            assert loss[mask].sum() == len(tgt) and tgt[-1] == 1 and inp[-1] == 1  # the world model's eos
             # loss-weighted tokens are exactly the target part; the causal prefix covers input + 1
             assert r["decoder_causal_attention"][mask].sum() == len(inp) + 1
         assert loss[seg == 0].sum() == 0

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from flanpipe.packing import unpack
 from flanpipe.records import decode_example
-from flanpipe.schema import EOS_ID, RecordLayout
+from flanpipe.schema import RecordLayout
 from flanpipe.tokenizer import Tokenizer
 from flanpipe.verify import verify_output
 
@@ -47,6 +47,7 @@ def _rows_and_examples(out: Path, layout: RecordLayout) -> tuple[list[dict], lis
 def _check_round_trip(out: Path, layout: RecordLayout, truncate: str) -> dict[str, int]:
     """Every example is in its row and segment with the tokens its text encodes to, cut on the configured side."""
     tok = Tokenizer.from_file(out / "tokenizer.model")
+    eos = tok.special.eos
     rows, examples = _rows_and_examples(out, layout)
     cut = {"inputs": 0, "segments": 0}
     for e in examples:
@@ -56,8 +57,8 @@ def _check_round_trip(out: Path, layout: RecordLayout, truncate: str) -> dict[st
             keep = layout.inputs_length - 1
             want_in = want_in[:keep] if truncate == "right" else want_in[-keep:]
             cut["inputs"] += 1
-        assert seg_in.tolist() == want_in + [EOS_ID]
-        assert seg_out.tolist() == tok.encode_batch([e["targets"]])[0][:layout.targets_length - 1] + [EOS_ID]
+        assert seg_in.tolist() == want_in + [eos]
+        assert seg_out.tolist() == tok.encode_batch([e["targets"]])[0][:layout.targets_length - 1] + [eos]
         cut["segments"] = max(cut["segments"], e["segment"])
     return cut
 

@@ -9,10 +9,11 @@ import pytest
 
 from flanpipe.packing import (Items, Placement, best_fit_decreasing, bound_parts, build_rows, lower_bound, next_fit,
                               pack, single_row, sizes_of, trim, unpack)
-from flanpipe.schema import EOS_ID, RecordLayout
+from flanpipe.schema import RecordLayout, SpecialIds
 
 DEC = RecordLayout("decoder_only", 8, 4)
 ENC = RecordLayout("encoder_decoder", 8, 4)
+T5 = SpecialIds(pad=0, eos=1)  # the bundled model's ids
 
 
 def _kept(items: Items, t, i: int) -> tuple[list[int], list[int]]:
@@ -74,7 +75,7 @@ def test_the_lower_bound_in_one_dimension_is_total_over_capacity():
 
 def test_decoder_only_row_layout():
     items = Items.from_lists([[7, 8], [4]], [[9], [5, 6]])
-    rows = build_rows(items, trim(items, DEC), Placement(np.array([0, 0]), np.array([1, 2]), 1), DEC)
+    rows = build_rows(items, trim(items, DEC), Placement(np.array([0, 0]), np.array([1, 2]), 1), DEC, special=T5)
     row = {k: v[0] for k, v in rows.items()}
     assert row["decoder_target_tokens"].tolist() == [7, 8, 1, 9, 1, 4, 1, 5, 6, 1, 0, 0]
     assert row["decoder_input_tokens"].tolist() == [0, 7, 8, 1, 9, 0, 4, 1, 5, 6, 0, 0]
@@ -92,7 +93,7 @@ def _reference_row(parts: list[tuple[list[int], list[int]]], layout: RecordLayou
         row = {k: [0] * n for k in layout.features}
         at = 0
         for seg, (a, b) in enumerate(parts, 1):
-            tokens = a + [EOS_ID] + b + [EOS_ID]
+            tokens = a + [T5.eos] + b + [T5.eos]
             for j, tok in enumerate(tokens):
                 row["decoder_target_tokens"][at + j] = tok
                 row["decoder_input_tokens"][at + j] = tokens[j - 1] if j else 0
@@ -105,10 +106,10 @@ def _reference_row(parts: list[tuple[list[int], list[int]]], layout: RecordLayou
     row = {k: [0] * n for k, n in layout.features.items()}
     at_in = at_out = 0
     for seg, (a, b) in enumerate(parts, 1):
-        for j, tok in enumerate(a + [EOS_ID]):
+        for j, tok in enumerate(a + [T5.eos]):
             row["encoder_input_tokens"][at_in + j], row["encoder_segment_ids"][at_in + j] = tok, seg
             row["encoder_positions"][at_in + j] = j
-        out = b + [EOS_ID]
+        out = b + [T5.eos]
         for j, tok in enumerate(out):
             row["decoder_target_tokens"][at_out + j] = tok
             row["decoder_input_tokens"][at_out + j] = out[j - 1] if j else 0
@@ -129,7 +130,7 @@ def test_columnar_rows_equal_the_reference_rows(layout, side):
     t = trim(items, layout, side=side)
     sizes, capacity = sizes_of(t, layout)
     placed = pack(sizes, capacity)
-    rows = build_rows(items, t, placed, layout)
+    rows = build_rows(items, t, placed, layout, special=T5)
     for r in range(placed.rows):
         members = np.flatnonzero(placed.row == r)
         members = members[np.argsort(placed.segment[members])]
@@ -144,8 +145,8 @@ def test_packing_disabled_gives_one_example_per_row():
 
 
 def test_single_row_matches_a_packed_row_of_one_and_reserves_a_prefix():
-    row = single_row([7, 8], [9], DEC)
+    row = single_row([7, 8], [9], DEC, special=T5)
     assert row["decoder_target_tokens"].tolist() == [7, 8, 1, 9, 1] + [0] * 7
-    prompt = single_row([7, 8], [9], DEC, prefix=3)
+    prompt = single_row([7, 8], [9], DEC, special=T5, prefix=3)
     assert prompt["decoder_target_tokens"].tolist() == [0, 0, 0, 7, 8, 1, 9, 1] + [0] * 7
     assert prompt["decoder_causal_attention"].tolist()[:7] == [1] * 7

@@ -7,7 +7,7 @@ import pytest
 
 from flanpipe.packing import Items, build_rows, pack, sizes_of, trim
 from flanpipe.records import decode_example, encode_example, encode_rows, proto_example
-from flanpipe.schema import RecordLayout
+from flanpipe.schema import RecordLayout, SpecialIds
 
 
 def _packed_rows(layout: RecordLayout, seed: int, vocab: int) -> dict[str, np.ndarray]:
@@ -18,7 +18,7 @@ def _packed_rows(layout: RecordLayout, seed: int, vocab: int) -> dict[str, np.nd
     items = Items.from_lists(inputs, targets)
     t = trim(items, layout)
     sizes, capacity = sizes_of(t, layout)
-    return build_rows(items, t, pack(sizes, capacity), layout)
+    return build_rows(items, t, pack(sizes, capacity), layout, special=SpecialIds(pad=0, eos=1))
 
 
 @pytest.mark.parametrize("layout", [RecordLayout("decoder_only", 96, 32), RecordLayout("encoder_decoder", 96, 32)])

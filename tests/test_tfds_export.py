@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from flanpipe.errors import OutputError  # noqa: E402
 from flanpipe.packing import Items, Placement, build_rows, trim  # noqa: E402
 from flanpipe.records import decode_example, encode_example  # noqa: E402
-from flanpipe.schema import RecordLayout  # noqa: E402
+from flanpipe.schema import RecordLayout, SpecialIds  # noqa: E402
 from flanpipe.tfds_export import (FEATURES, DATASET_INFO, shard_file, tfds_metadata, tfds_name,  # noqa: E402
                                   write_tfds_metadata)
 from flanpipe.files import write_array_record  # noqa: E402
@@ -107,7 +107,7 @@ def test_encoder_decoder_layout_with_an_empty_shard(tmp_path):
     items = Items.from_lists([rng.integers(3, 50, rng.integers(1, 5)).tolist() for _ in range(14)],
                              [rng.integers(3, 50, rng.integers(0, 2)).tolist() for _ in range(14)])
     place = Placement(np.arange(14) // 2, np.arange(14) % 2 + 1, 7)  # two examples per row
-    built = build_rows(items, trim(items, layout), place, layout)
+    built = build_rows(items, trim(items, layout), place, layout, special=SpecialIds(pad=0, eos=1))
     records = [encode_example({k: v[r] for k, v in built.items()}) for r in range(7)]
     lengths = [4, 0, 3]
     at = 0

@@ -12,10 +12,11 @@ import trainer_fixtures as fx
 
 from flanpipe import packing
 from flanpipe.errors import OutputError, SpecError, TokenizerError
-from flanpipe.schema import EOS_ID, RecordLayout
+from flanpipe.schema import RecordLayout, SpecialIds
 from trainer import data
 from trainer.config import load_config
 
+T5 = SpecialIds(pad=0, eos=1)  # the fixture tokenizer's ids
 TINY = Path(__file__).resolve().parent.parent / "trainer" / "configs" / "tiny.yaml"
 
 
@@ -40,7 +41,7 @@ def test_open_split_reads_both_manifests(split_dir: Path) -> None:
     assert split.vocab_size == fx.VOCAB and len(split.shards) == 2 and split.rows > 50
     assert set(split.eval_sets) == {"colors", "copy", "echo"} and set(split.fewshot_eval_sets) == {"colors"}
     assert split.eval_sets["colors"].kind == "classification" and split.eval_sets["echo"].metric == "rouge"
-    assert data.load_tokenizer(split).get_piece_size() == fx.VOCAB
+    assert data.load_tokenizer(split).vocab_size == fx.VOCAB and split.special == SpecialIds(pad=0, eos=1)
 
 
 @pytest.mark.parametrize(
@@ -137,12 +138,12 @@ def test_featurize_builds_the_rows_the_compiler_packs(layout: str, truncate: str
     items = packing.Items.from_lists([inputs], [targets])
     t = packing.trim(items, record_layout, side=truncate)
     one = packing.Placement(np.zeros(1, np.int64), np.ones(1, np.int64), 1)
-    compiled = {k: v[0] for k, v in packing.build_rows(items, t, one, record_layout).items()}
-    kept_in = items.input_values[t.input_start[0]:t.input_start[0] + t.input_kept[0]].tolist() + [EOS_ID]
-    kept_out = items.target_values[:t.target_kept[0]].tolist() + [EOS_ID]
+    compiled = {k: v[0] for k, v in packing.build_rows(items, t, one, record_layout, special=T5).items()}
+    kept_in = items.input_values[t.input_start[0]:t.input_start[0] + t.input_kept[0]].tolist() + [T5.eos]
+    kept_out = items.target_values[:t.target_kept[0]].tolist() + [T5.eos]
     fixture = fx.pack([(kept_in, kept_out)], record_layout)[0]
     row = data.featurize(inputs, targets, layout=layout, inputs_length=8, targets_length=4,  # type: ignore[arg-type]
-                         truncate=truncate)  # type: ignore[arg-type]
+                         special=T5, truncate=truncate)  # type: ignore[arg-type]
     assert set(row) == set(compiled) == set(fixture)
     for name in row:
         assert row[name].tolist() == compiled[name].tolist() == fixture[name].tolist(), name
@@ -153,7 +154,7 @@ def test_featurize_builds_the_rows_the_compiler_packs(layout: str, truncate: str
 
 def test_featurize_reserves_prompt_slots_and_truncates() -> None:
     row = data.featurize(list(range(2, 20)), list(range(30, 40)), layout="decoder_only", inputs_length=8,
-                         targets_length=4, prompt_length=3)
+                         targets_length=4, special=T5, prompt_length=3)
     assert row["decoder_target_tokens"].tolist() == [0, 0, 0, 2, 3, 4, 5, 6, 7, 8, 1, 30, 31, 32, 1]
     assert row["decoder_causal_attention"].tolist() == [1] * 12 + [0] * 3
     assert row["decoder_loss_weights"].tolist() == [0] * 11 + [1] * 4

@@ -15,7 +15,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from flanpipe.manifest import FORMAT, SplitManifest, Summary, TopManifest
 from flanpipe.records import encode_example
-from flanpipe.schema import EOS_ID, RecordLayout
+from flanpipe.schema import RecordLayout
 from trainer.train import train
 
 TINY_CONFIG = Path(__file__).resolve().parent.parent / "trainer" / "configs" / "tiny.yaml"
@@ -76,7 +76,8 @@ def _segments(tokenizer: spm.SentencePieceProcessor, seed: int, copies: int, len
     random.Random(seed).shuffle(pairs)
     inputs = tokenizer.encode([p[0] for p in pairs])
     targets = tokenizer.encode([p[1] for p in pairs])
-    return [(i[: lengths[0] - 1] + [EOS_ID], t[: lengths[1] - 1] + [EOS_ID]) for i, t in zip(inputs, targets)]
+    eos = tokenizer.eos_id()
+    return [(i[: lengths[0] - 1] + [eos], t[: lengths[1] - 1] + [eos]) for i, t in zip(inputs, targets)]
 
 
 def pack(segments: list[tuple[list[int], list[int]]], layout: RecordLayout) -> list[dict[str, np.ndarray]]:

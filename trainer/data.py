@@ -21,14 +21,14 @@ import grain
 import jax
 import numpy as np
 import pyarrow.parquet as pq
-import sentencepiece as spm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flanpipe import manifest, packing
 from flanpipe.errors import OutputError, SpecError, TokenizerError, did_you_mean
 from flanpipe.manifest import EvalFile, SplitManifest, TopManifest
 from flanpipe.records import decode_example
-from flanpipe.schema import EOS_ID, PAD_ID, Layout, RecordLayout
+from flanpipe.schema import Layout, RecordLayout, SpecialIds
+from flanpipe.tokenizer import Tokenizer
 from trainer.config import TrainerConfig
 
 EVAL_COLUMNS = ("dataset", "split", "example_key", "template", "turned", "inputs", "targets", "options", "answer_index")
@@ -62,6 +62,8 @@ class Split:
     prompt_tuning_files: Mapping[str, Path]
     tokenizer_file: Path
     tokenizer_sha256: str
+    tokenizer_kind: Literal["sentencepiece", "tokenizer.json"]
+    special: SpecialIds  # the ids the rows use, from the manifests (pad, eos, the prepended bos)
     truncate: Literal["right", "left"]
 
     @property
@@ -94,16 +96,18 @@ def open_split(path: str | Path) -> Split:
     """Read and check the manifests of one compiled split directory ``DIR/<split>`` (flanpipe.manifest's models).
 
     Raises:
-      OutputError: a manifest is missing, malformed, of another format version, or its special ids differ.
+      OutputError: a manifest is missing, malformed, of another format version, or the split's special ids differ
+        from the top manifest's tokenizer.
     """
     split_dir = Path(path)
     top_path, split_path = split_dir.parent / "manifest.json", split_dir / "manifest.json"
     top, m = manifest.load(top_path, TopManifest), manifest.load(split_path, SplitManifest)
     if m.split not in top.splits:
         raise OutputError(f"{top_path}: splits does not list {m.split!r}{did_you_mean(m.split, top.splits)}")
-    for key, expected in (("pad_id", PAD_ID), ("eos_id", EOS_ID)):
-        if getattr(m, key) != expected:
-            raise OutputError(f"{split_path}: {key} is {getattr(m, key)}, flanpipe.schema fixes it at {expected}")
+    for key in ("pad_id", "eos_id", "bos_id"):
+        if getattr(m, key) != getattr(top.tokenizer, key):
+            raise OutputError(f"{split_path}: {key} is {getattr(m, key)}, but {top_path}'s tokenizer.{key} is "
+                              f"{getattr(top.tokenizer, key)}; recompile the output")
     side = top.pipeline.resolved.get("truncate", "right")
     if side not in ("right", "left"):
         raise OutputError(f"{top_path}: pipeline.resolved.truncate: expected 'right' or 'left', got {side!r}")
@@ -114,6 +118,7 @@ def open_split(path: str | Path) -> Split:
         eval_sets=_eval_sets(m.eval, split_dir), fewshot_eval_sets=_eval_sets(m.fewshot_eval, split_dir),
         prompt_tuning_files={d: split_dir / e.file for d, e in m.prompt_tuning.items()},
         tokenizer_file=top_path.parent / top.tokenizer.file, tokenizer_sha256=top.tokenizer.sha256,
+        tokenizer_kind=top.tokenizer.kind, special=SpecialIds(pad=m.pad_id, eos=m.eos_id, bos=m.bos_id),
         # Which end of a too-long input the compiler cut (its pipeline's `truncate`), so eval
         # rows are cut the same way.
         truncate=side,  # type: ignore[arg-type]
@@ -142,8 +147,9 @@ def check_split(split: Split, config: TrainerConfig, config_path: str | Path = "
             )
 
 
-def load_tokenizer(split: Split) -> spm.SentencePieceProcessor:
-    """The split's SentencePiece model, checked against the manifest's sha256, vocabulary and special ids.
+def load_tokenizer(split: Split) -> Tokenizer:
+    """The split's tokenizer (SentencePiece or tokenizer.json) with the manifest's special ids, checked against
+    the manifest's sha256 and vocabulary.
 
     Raises:
       TokenizerError: the file is missing or differs from what the split was compiled with.
@@ -158,15 +164,10 @@ def load_tokenizer(split: Split) -> spm.SentencePieceProcessor:
             f"{split.tokenizer_file}: sha256 {digest[:12]}… differs from the manifest's "
             f"{split.tokenizer_sha256[:12]}…; the split was compiled with another tokenizer"
         )
-    tokenizer = spm.SentencePieceProcessor(model_proto=blob)
-    if tokenizer.get_piece_size() != split.vocab_size:
+    tokenizer = Tokenizer(blob, kind=split.tokenizer_kind, source=str(split.tokenizer_file), special=split.special)
+    if tokenizer.vocab_size != split.vocab_size:
         raise TokenizerError(
-            f"{split.tokenizer_file}: {tokenizer.get_piece_size()} pieces, manifest says {split.vocab_size}")
-    if tokenizer.pad_id() != PAD_ID or tokenizer.eos_id() != EOS_ID:
-        raise TokenizerError(
-            f"{split.tokenizer_file}: pad/eos ids are {tokenizer.pad_id()}/{tokenizer.eos_id()}, "
-            f"flanpipe.schema expects {PAD_ID}/{EOS_ID}"
-        )
+            f"{split.tokenizer_file}: {tokenizer.vocab_size} tokens, manifest says {split.vocab_size}")
     return tokenizer
 
 
@@ -283,20 +284,21 @@ def featurize(
     layout: Layout,
     inputs_length: int,
     targets_length: int,
+    special: SpecialIds,
     prompt_length: int = 0,
     truncate: Literal["right", "left"] = "right",
 ) -> Batch:
     """One unpacked row, built by the compiler's own code (flanpipe.packing.single_row).
 
-    So eval and prompt-tuning rows are exactly what training saw: inputs and targets each end
-    in EOS after truncation (inputs on the compiler's ``truncate`` side), the prefix-LM mask
+    So eval and prompt-tuning rows are exactly what training saw (``special``: the split's ids): inputs
+    (after the BOS, if any) and targets each end in EOS after truncation (inputs on the compiler's ``truncate`` side), the prefix-LM mask
     covers inputs + EOS + the first target position, and the loss weights cover targets + EOS.
-    ``prompt_length`` extra leading input positions (token 0) are reserved for a soft prompt.
+    ``prompt_length`` extra leading input positions (pad tokens) are reserved for a soft prompt.
     For generation pass ``target_ids=[]``: the first target position holds EOS until decoding
     overwrites it.
     """
     return packing.single_row(list(input_ids), list(target_ids), RecordLayout(layout, inputs_length, targets_length),
-                              side=truncate, prefix=prompt_length)
+                              special=special, side=truncate, prefix=prompt_length)
 
 
 def stack_rows(rows: Sequence[Batch], batch_size: int) -> Batch:

@@ -27,7 +27,6 @@ from rich.table import Table
 from rouge_score import rouge_scorer
 
 from flanpipe.errors import SpecError, did_you_mean
-from flanpipe.schema import EOS_ID
 from trainer import checkpoint, data, model
 from trainer.config import ModelConfig, TrainerConfig, resolve_config
 
@@ -168,7 +167,7 @@ class Evaluator:
     def _featurize(self, input_ids: Sequence[int], target_ids: Sequence[int]) -> data.Batch:
         return data.featurize(
             input_ids, target_ids, layout=self.split.layout, inputs_length=self.split.inputs_length,
-            targets_length=self.split.targets_length, prompt_length=self.prompt_length,
+            targets_length=self.split.targets_length, special=self.split.special, prompt_length=self.prompt_length,
             truncate=self.split.truncate,
         )
 
@@ -184,9 +183,9 @@ class Evaluator:
         """Score log p(option + EOS | input) for every option; the highest-scoring option is the prediction."""
         if not rows:
             return []
-        inputs = self.tokenizer.encode([r.inputs for r in rows])
+        inputs = self.tokenizer.encode_batch([r.inputs for r in rows])
         option_texts = sorted({o for r in rows for o in r.options})
-        option_ids = dict(zip(option_texts, self.tokenizer.encode(option_texts)))
+        option_ids = dict(zip(option_texts, self.tokenizer.encode_batch(option_texts)))
         pairs = [self._featurize(inputs[i], option_ids[o]) for i, r in enumerate(rows) for o in r.options]
         scores = self._run_batches(pairs, lambda b: _option_scores(params, b, soft_prompt, config=self.config.model))
         correct, offset = [], 0
@@ -200,7 +199,7 @@ class Evaluator:
         """Greedy decoding of up to ``decode_steps`` tokens after each input, stopping at EOS."""
         if not rows:
             return []
-        inputs = self.tokenizer.encode([r.inputs for r in rows])
+        inputs = self.tokenizer.encode_batch([r.inputs for r in rows])
         featurized = []
         for ids in inputs:
             row = self._featurize(ids, [])
@@ -208,12 +207,13 @@ class Evaluator:
             start = int(np.argmax(row["decoder_loss_weights"])) if self.split.layout == "decoder_only" else 0
             row["decode_start"] = np.asarray([start], np.int32)
             featurized.append(row)
+        eos, pad = self.split.special.eos, self.split.special.pad
         tokens = self._run_batches(featurized, lambda b: _greedy_decode(
-            params, b, soft_prompt, config=self.config.model, steps=self.decode_steps))
+            params, b, soft_prompt, config=self.config.model, steps=self.decode_steps, eos_id=eos, pad_id=pad))
         texts = []
         for row, generated in zip(featurized, tokens):
             out = generated[int(row["decode_start"][0]) :][: self.decode_steps].tolist()
-            texts.append(self.tokenizer.decode(out[: out.index(EOS_ID)] if EOS_ID in out else out))
+            texts.append(self.tokenizer.decode(out[: out.index(eos)] if eos in out else out))
         return texts
 
 
@@ -224,9 +224,10 @@ def _option_scores(params: Any, batch: data.Batch, soft_prompt: Any, *, config: 
     return jnp.sum(log_probs * batch["decoder_loss_weights"], axis=-1)
 
 
-@partial(jax.jit, static_argnames=("config", "steps"))
-def _greedy_decode(params: Any, batch: data.Batch, soft_prompt: Any, *, config: ModelConfig, steps: int) -> jax.Array:
-    """Fill decoder_target_tokens from each row's decode_start by argmax, until EOS in every row.
+@partial(jax.jit, static_argnames=("config", "steps", "eos_id", "pad_id"))
+def _greedy_decode(params: Any, batch: data.Batch, soft_prompt: Any, *, config: ModelConfig, steps: int, eos_id: int,
+                   pad_id: int) -> jax.Array:
+    """Fill decoder_target_tokens from each row's decode_start by argmax, until ``eos_id`` in every row.
 
     No key/value cache: every step reruns the full (fixed-shape) forward pass. That keeps the
     model a single function; generation sets are small and short (targets_length tokens).
@@ -247,14 +248,14 @@ def _greedy_decode(params: Any, batch: data.Batch, soft_prompt: Any, *, config: 
 
     def body(state: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
         step, tokens, done = state
-        inputs = jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
+        inputs = jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=pad_id)[:, :-1]  # shifted as the packer does
         step_batch = dict(fixed, decoder_input_tokens=inputs, decoder_target_tokens=tokens)
         out = model.logits(params, step_batch, config, soft_prompt)
         position = jnp.minimum(start + step, length - 1)
         next_token = jnp.argmax(out[rows, position], axis=-1).astype(tokens.dtype)
         next_token = jnp.where(done, tokens[rows, position], next_token)
         tokens = tokens.at[rows, position].set(next_token)
-        return step + 1, tokens, done | (next_token == EOS_ID)
+        return step + 1, tokens, done | (next_token == eos_id)
 
     _, tokens, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), targets, jnp.zeros((size,), bool)))
     return tokens

@@ -143,10 +143,11 @@ def prompt_tune(
     console = console or Console()
 
     tokenizer = data.load_tokenizer(split)
-    inputs, targets = tokenizer.encode([r["inputs"] for r in rows]), tokenizer.encode([r["targets"] for r in rows])
+    inputs = tokenizer.encode_batch([r["inputs"] for r in rows])
+    targets = tokenizer.encode_batch([r["targets"] for r in rows])
     featurized = [
         data.featurize(i, t, layout=split.layout, inputs_length=split.inputs_length,
-                       targets_length=split.targets_length, prompt_length=pt.prompt_length,
+                       targets_length=split.targets_length, special=split.special, prompt_length=pt.prompt_length,
                        truncate=split.truncate)
         for i, t in zip(inputs, targets)
     ]

@@ -24,7 +24,7 @@ from flanpipe.audit.near_duplicates import RULES as NEAR_RULES
 from flanpipe.audit.near_duplicates import NearSettings
 from flanpipe.audit.rows import Columns, scan_files
 from flanpipe.audit.rows import totals as file_totals
-from flanpipe.audit.stats import SplitStats, sequence_length
+from flanpipe.audit.stats import PACKED_TOKENS, SplitStats, sequence_length
 from flanpipe.errors import AuditError, OutputError, did_you_mean
 from flanpipe.manifest import SplitManifest, TopManifest
 from flanpipe.manifest import load as load_manifest
@@ -117,7 +117,8 @@ def audit_output(out: str | Path, settings: AuditSettings = AuditSettings(),
         seq = sequence_length(m)
         for path in sorted((base / "train").glob("*.parquet")):
             segments = [c for c in pq.read_schema(path).names if c.endswith("_segment_ids")]
-            stats.add_packed(path.relative_to(base).as_posix(), pq.read_table(path, columns=segments), seq)
+            columns = segments + [PACKED_TOKENS[c.removesuffix("_segment_ids")] for c in segments]
+            stats.add_packed(path.relative_to(base).as_posix(), pq.read_table(path, columns=columns), seq)
         split_result = stats.result()
         split_result["leakage"] = held_out_check(m.get("removed_clusters", []), pairs, clusters)
         split_result["contamination"] = scan.result(name)

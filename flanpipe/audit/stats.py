@@ -110,6 +110,10 @@ def option_balance(labels: Mapping[str, int], positions: Mapping[int, int]) -> d
             "entropy_ratio": round(entropy, 4) if total else None}
 
 
+# The token feature beside each segment-id feature of a packed row (flanpipe.schema's names).
+PACKED_TOKENS = {"decoder": "decoder_target_tokens", "encoder": "encoder_input_tokens"}
+
+
 class SplitStats:
     """Accumulates one split's statistics shard by shard; ``result`` turns them into the audit's JSON."""
 
@@ -120,6 +124,7 @@ class SplitStats:
         self.positions: dict[str, Counter[int]] = defaultdict(Counter)
         self.shards: list[dict[str, Any]] = []
         self.eval: dict[str, dict[str, Any]] = {}
+        self.bad_padding = 0  # padding positions (segment 0) whose token is not the manifest's pad_id
 
     def add_examples(self, table: pa.Table) -> None:
         """One examples/*.parquet shard (with its text columns, used for the option balance)."""
@@ -134,7 +139,8 @@ class SplitStats:
                 self.positions[dataset][options.index(targets) if targets in options else -1] += 1
 
     def add_packed(self, name: str, table: pa.Table, row_tokens: int) -> None:
-        """One train/*.parquet shard: rows, non-padding tokens and packing efficiency (as the compiler defines it)."""
+        """One train/*.parquet shard: rows, non-padding tokens and packing efficiency (as the compiler defines it),
+        and whether padding holds the manifest's pad_id (``table``: the segment-id and token columns)."""
         tokens = 0
         fill = {}
         for column in table.column_names:
@@ -142,7 +148,12 @@ class SplitStats:
                 flat = pc.list_flatten(table[column])
                 nonpad = int(pc.sum(pc.not_equal(flat, 0)).as_py() or 0)
                 tokens += nonpad
-                fill[column.removesuffix("_segment_ids")] = nonpad / len(flat) if len(flat) else 0.0
+                stem = column.removesuffix("_segment_ids")
+                fill[stem] = nonpad / len(flat) if len(flat) else 0.0
+                values = table.column(PACKED_TOKENS[stem]) if PACKED_TOKENS[stem] in table.column_names else None
+                if values is not None and "pad_id" in self.manifest:
+                    wrong = pc.and_(pc.equal(flat, 0), pc.not_equal(pc.list_flatten(values), self.manifest["pad_id"]))
+                    self.bad_padding += int(pc.sum(wrong).as_py() or 0)
         rows = table.num_rows
         self.shards.append({"file": name, "rows": rows, "tokens": tokens,
                             "packing_efficiency": tokens / (rows * row_tokens) if rows else 0.0, "fill": fill})
@@ -213,6 +224,9 @@ class SplitStats:
                 {f: v["examples"] for f, v in (formats or {}).items()} != (recorded_formats or {}):
             mismatches.append(f"formats: data {formats and {f: v['examples'] for f, v in formats.items()}!r}, "
                               f"manifest {recorded_formats!r}")
+        if self.bad_padding:
+            mismatches.append(f"padding: {self.bad_padding} positions hold an id other than the manifest's pad_id "
+                              f"{m.get('pad_id')}")
         return {
             "removed_clusters": list(m.get("removed_clusters", [])), "sequence_length": seq,
             "summary": summary, "manifest_mismatches": mismatches, "formats": formats,
