@@ -64,6 +64,7 @@ def test_a_mesh_that_does_not_cover_the_devices_is_refused() -> None:
 
 _PROBE = r'''
 import json, sys
+from pathlib import Path
 import jax, jax.numpy as jnp, numpy as np
 from trainer import checkpoint, data, model, sharding
 from trainer.config import load_config
