@@ -39,17 +39,20 @@ class RenderSettings:
     bad_examples: str = "error"  # or "skip": drop examples whose fields cannot be computed
     # What one render may cost. Not in the cache key: a render within the limits gives the same text under any.
     limits: TemplateLimits = TemplateLimits()
+    turned_weight: float = 1.0  # the turned templates' weight in the template choice (1: today's choice)
 
     @classmethod
     def of(cls, p: PipelineSpec) -> RenderSettings:
         return cls(p.seed, p.template_choice, p.instructions, p.eval_instructions, p.options_format, p.mixing.cap,
-                   p.lengths.inputs, p.lengths.targets, p.truncate, p.fewshot, p.bad_examples, p.template_limits)
+                   p.lengths.inputs, p.lengths.targets, p.truncate, p.fewshot, p.bad_examples, p.template_limits, turned_weight=p.turned_weight)
 
     def as_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "template_choice": self.template_choice, "instructions": self.instructions,
                 "eval_instructions": self.eval_instructions, "options_format": self.options_format.model_dump(),
                 "cap": self.cap, "lengths": [self.inputs_length, self.targets_length], "truncate": self.truncate,
-                "fewshot": self.fewshot.model_dump() if self.fewshot else None, "bad_examples": self.bad_examples}
+                "fewshot": self.fewshot.model_dump() if self.fewshot else None, "bad_examples": self.bad_examples,
+                # only when set, so that the cache keys of pipelines without it stay as they were
+                **({"turned_weight": self.turned_weight} if self.turned_weight != 1.0 else {})}
 
     @property
     def variants_available(self) -> int:

@@ -408,6 +408,9 @@ class PipelineSpec(BaseModel):
         description="Instruction mode of the eval sets (the paper evaluates 'none' with natural templates)."
     )
     template_choice: Literal["hash", "round_robin"] = Field(description="How each example's template is chosen.")
+    turned_weight: float = Field(default=1.0, ge=0, le=100, description=(
+        "Mixing weight of a dataset's turned templates (Flan 2022's input inversion, e.g. 0.3) against 1 for "
+        "its others, in every use's template choice (taken to 1/100); 1: all templates alike."))
     options_format: OptionsFormat
     fewshot: FewShot | None = Field(default=None, description="Few-shot variant; None builds zero-shot data.")
     prompt_tuning_sets: bool = Field(
