@@ -22,7 +22,7 @@ from flanpipe.collection import TEMPLATES_DIR
 from flanpipe.errors import OutputError
 from flanpipe.files import LOCK_NAME, checksums, read_json, sha256_file, write_bytes
 from flanpipe.jobs import DatasetJob, JobContext, RenderSettings, mixtures_of
-from flanpipe.manifest import MANIFEST, FORMAT, SplitManifest, TopManifest
+from flanpipe.manifest import FORMAT, MANIFEST, SplitManifest, SubMixtureInfo, TopManifest
 from flanpipe.plan import Plan, SplitPlan, load_plan
 from flanpipe.progress import Snapshot, Watcher
 from flanpipe.schema import PAD_ID, EOS_ID, RecordLayout
@@ -61,7 +61,6 @@ class CompileOptions:
 
 def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, DatasetJob]:
     """One picklable job per dataset the plan trains on or evaluates."""
-    settings = RenderSettings.of(plan.pipeline)
     evaluated = {d for s in plan.splits for d in s.eval}
     trained = {d for s in plan.splits for d in s.train}
     jobs = {}
@@ -70,7 +69,7 @@ def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, 
         jobs[name] = DatasetJob(
             spec=spec, cluster_title=plan.collection.cluster_title(name),
             spec_sha256=sha256_file(plan.collection.paths[name]), source=plan.source,
-            source_fingerprint=source_fingerprint(spec, plan.source), settings=settings,
+            source_fingerprint=source_fingerprint(spec, plan.source), settings=RenderSettings.of(plan.pipeline_of(name)),
             tokenizer=tokenizer, cache_dir=storage.resolve(cache_dir),
             eval_splits=("validation", "test") if name in evaluated else (),
             trained=name in trained or (plan.pipeline.prompt_tuning_sets and name in evaluated),
@@ -82,8 +81,16 @@ def pipeline_hash(plan: Plan, tokenizer: Tokenizer, jobs: dict[str, DatasetJob])
     """Hash of the resolved pipeline, the tokenizer and every dataset's content key."""
     blob = json.dumps({"pipeline": plan.pipeline.model_dump(mode="json"), "tokenizer": tokenizer.sha256,
                        "datasets": {n: j.key for n, j in sorted(jobs.items())},
-                       "splits": [s.name for s in plan.splits]}, sort_keys=True)
+                       "splits": [s.name for s in plan.splits],
+                       # only with mixture_of, so that other pipelines keep their hash
+                       **({"submixtures": _submixtures(plan)} if plan.submixtures else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _submixtures(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Each sub-mixture's file, weight and resolved pipeline, for the hash and the top manifest."""
+    return {s.name: {"file": s.path.name, "weight": s.weight, "resolved": s.pipeline.model_dump(mode="json")}
+            for s in plan.submixtures}
 
 
 def _check_out_dir(out: str, name: str, overwrite: bool) -> None:
@@ -230,6 +237,7 @@ def _finish(plan: Plan, ctx: JobContext, tokenizer: Tokenizer, tok_path: Path, r
                   for n, j in sorted(ctx.datasets.items())},
         summary={n: m.summary for n, m in split_manifests.items()},
         files=checksums(out, exclude=[MANIFEST, IN_PROGRESS], known=known),
+        submixtures=_submixtures(plan) if plan.submixtures else None,
     )
     manifest.write(storage.join(out, MANIFEST), top)
     return top
@@ -281,9 +289,25 @@ def _finish_split(plan: Plan, ctx: JobContext, split: SplitPlan, mix: dict[str, 
         planned_rates=mix["rates"], planned_examples=mix["uses"],
         realized_rates={d: tally.datasets.get(d, 0) / total for d in split.train} if total else {},
         files=checksums(base, exclude=[MANIFEST], known=digests),
+        submixtures=_submixture_shares(plan, split, mix, tally.datasets, total) if split.submixtures else None,
     )
     digests[MANIFEST] = manifest.write(storage.join(base, MANIFEST), m)
     return m, digests
+
+
+def _submixture_shares(plan: Plan, split: SplitPlan, mix: dict[str, Any], realized: dict[str, int], total: int
+                       ) -> dict[str, SubMixtureInfo]:
+    """Each sub-mixture of a split: settings, datasets, planned share (of the computed mixture) and realized."""
+    subs = {s.name: s for s in plan.submixtures}
+    out = {}
+    for g in split.submixtures:
+        sub = subs[g.name]
+        examples = sum(realized.get(d, 0) for d in g.train)
+        out[g.name] = SubMixtureInfo(
+            file=sub.path.name, weight=sub.weight, cap=sub.pipeline.mixing.cap, maximum_rate=g.maximum_rate,
+            datasets=list(g.train), planned_share=sum(mix["rates"].get(d, 0.0) for d in g.train),
+            examples=examples, realized_share=examples / total if total else 0.0)
+    return out
 
 
 def _metric(plan: Plan, dataset: str) -> str:

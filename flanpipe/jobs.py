@@ -129,6 +129,8 @@ class MixturePlan:
     name: str  # the computing split
     aliases: tuple[str, ...]  # other splits with the same train datasets (same clusters removed)
     train: tuple[str, ...]
+    # (name, weight, maximum_rate, train datasets) of each sub-mixture; empty: one mixture of ``train``
+    groups: tuple[tuple[str, float, int, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,9 @@ class JobContext:
 
 def mixtures_of(splits: tuple[SplitPlan, ...]) -> tuple[MixturePlan, ...]:
     """Group splits by their train datasets: each distinct mixture is computed once (by its first split)."""
-    groups: dict[tuple[str, ...], list[str]] = {}
+    groups: dict[tuple[str, ...], list[SplitPlan]] = {}
     for s in splits:
-        groups.setdefault(s.train, []).append(s.name)
-    return tuple(MixturePlan(names[0], tuple(names[1:]), train) for train, names in groups.items())
+        groups.setdefault(s.train, []).append(s)
+    return tuple(MixturePlan(same[0].name, tuple(s.name for s in same[1:]), train,
+                             tuple((g.name, g.weight, g.maximum_rate, g.train) for g in same[0].submixtures))
+                 for train, same in groups.items())

@@ -73,6 +73,18 @@ class Counts(BaseModel):
     templates: dict[str, int] = Field(description="'<dataset>/<template>' -> uses; template -1 in template-free modes.")
 
 
+class SubMixtureInfo(BaseModel):
+    model_config = _MODEL
+    file: str = Field(description="The sub-pipeline file (its name).")
+    weight: float = Field(description="Weight as declared in mixture_of.")
+    cap: int
+    maximum_rate: int
+    datasets: list[str] = Field(description="Its train datasets in this split.")
+    planned_share: float = Field(description="Its weight over the weights of the sub-mixtures in this split.")
+    examples: int = Field(description="Train examples of its datasets in the split.")
+    realized_share: float = Field(description="examples / the split's train examples.")
+
+
 class SplitManifest(BaseModel):
     """DIR/<split>/manifest.json."""
 
@@ -96,6 +108,8 @@ class SplitManifest(BaseModel):
     planned_examples: dict[str, int] = Field(description="Uses per dataset the mixture allocates.")
     realized_rates: dict[str, float]
     files: dict[str, str] = Field(description="sha256 of every file of the split directory but this manifest.")
+    submixtures: dict[str, SubMixtureInfo] | None = Field(default=None, description=(
+        "Per sub-mixture (mixture_of): weight, settings, datasets and planned vs realized share; absent without."))
 
 
 class PipelineInfo(BaseModel):
@@ -142,8 +156,12 @@ class TopManifest(BaseModel):
     datasets: dict[str, DatasetInfo]
     summary: dict[str, Summary]
     files: dict[str, str] = Field(description="sha256 of every file of the output but this manifest.")
+    submixtures: dict[str, dict[str, Any]] | None = Field(default=None, description=(
+        "Per sub-mixture (mixture_of): its file, weight and resolved pipeline; absent without."))
 
 
+# Optional keys written only when set, so that outputs of pipelines without them keep their bytes.
+_OMITTED_WHEN_NONE = ("submixtures", "decontamination")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -173,7 +191,11 @@ def load(url: str | Path, model: type[M]) -> M:
 
 
 def write(url: str, manifest: BaseModel) -> str:
-    return write_json(url, manifest.model_dump(mode="json"))
+    data = manifest.model_dump(mode="json")
+    for key in _OMITTED_WHEN_NONE:
+        if key in data and data[key] is None:
+            del data[key]
+    return write_json(url, data)
 
 
 def summarize(shards: Sequence[Mapping[str, Any]], layout: RecordLayout) -> Summary:

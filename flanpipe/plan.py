@@ -7,13 +7,24 @@ from pathlib import Path
 
 from flanpipe.collection import TEMPLATES_DIR, Collection, load_collection
 from flanpipe.errors import SourceError, SpecError, did_you_mean
-from flanpipe.mixing import allocate, mixing_rates
+from flanpipe.mixing import allocate, mixing_rates, submixture_rates
 from flanpipe.paths import package_path
 from flanpipe.sources import count_examples
 from flanpipe.spec import ExamplesSize, PipelineSpec, SamplesSource, TfdsDataSource, load_pipeline
+from flanpipe.submixtures import SubPipeline, load_submixtures
 from flanpipe.yamlio import Located
 
 ALL_SPLIT = "all"
+
+
+@dataclass(frozen=True)
+class SubShare:
+    """One sub-mixture's part of a split's mixture: its declared weight, maximum rate and train datasets."""
+
+    name: str
+    weight: float
+    maximum_rate: int
+    train: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,8 @@ class SplitPlan:
     # Examples per dataset when the mixture size is given in examples; empty when it is
     # given in steps x tokens (then the compiler sizes it after tokenization).
     allocation: dict[str, int] = field(hash=False)
+    # The sub-mixtures with a train dataset in this split (mixture_of); empty: one mixture of ``train``.
+    submixtures: tuple[SubShare, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,13 @@ class Plan:
     splits: tuple[SplitPlan, ...]
     source: SamplesSource | TfdsDataSource  # the pipeline's source with its directory resolved
     tokenizer: Path  # the tokenizer model, resolved
+    submixtures: tuple[SubPipeline, ...] = ()  # mixture_of, loaded (empty: none)
+    owners: dict[str, str] = field(default_factory=dict)  # dataset -> the sub-mixture whose settings it takes
+
+    def pipeline_of(self, dataset: str) -> PipelineSpec:
+        """The settings a dataset is read and rendered with: its sub-mixture's, or the pipeline's."""
+        owner = self.owners.get(dataset)
+        return next(s.pipeline for s in self.submixtures if s.name == owner) if owner else self.pipeline
 
     @property
     def datasets(self) -> list[str]:
@@ -73,13 +93,22 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
                                 f"unknown split {name!r}{did_you_mean(name, held)}; this pipeline builds "
                                 f"{', '.join(held)}")
         held = [h for h in held if h in only]
-    universe = set(pipeline.datasets) if pipeline.datasets is not None else set(collection.datasets)
-    training_clusters = pipeline.clusters if pipeline.clusters is not None else list(collection.taxonomy.clusters)
+    subs = load_submixtures(pipeline, located)
+    for sub in subs:
+        _check_selection(sub.pipeline, sub.located, collection)
+    parts = subs or (None,)
+    universes = {_name(p): _universe(p.pipeline if p else pipeline, collection) for p in parts}
+    trained = {_name(p): {d for c in _training_clusters(p.pipeline if p else pipeline, collection)
+                          for d in collection.taxonomy.clusters[c].datasets if d in universes[_name(p)]}
+               for p in parts}
+    owners = _owners(subs, universes, trained, located)
+    universe = set().union(*universes.values())
     counts: dict[str, int | None] = {}
     for d in sorted(universe):
         if "train" in collection.datasets[d].source.splits:
+            cap = (next(s for s in subs if s.name == owners[d]).pipeline if d in owners else pipeline).mixing.cap
             try:
-                counts[d] = min(count_examples(collection.datasets[d], "train", source), pipeline.mixing.cap)
+                counts[d] = min(count_examples(collection.datasets[d], "train", source), cap)
             except SourceError:
                 if require_data:
                     raise
@@ -90,24 +119,69 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
         held_clusters = groups.get(name, [])
         removed_set = {c for h in held_clusters for c in tax.removed_with(h)}
         removed = tuple(c for c in tax.clusters if c in removed_set)
-        train = tuple(d for c in training_clusters if c not in removed
-                      for d in tax.clusters[c].datasets if d in counts)
+        shares = []
+        for p in parts:
+            spec = p.pipeline if p else pipeline
+            mine = tuple(d for c in _training_clusters(spec, collection) if c not in removed
+                         for d in tax.clusters[c].datasets if d in counts and d in trained[_name(p)])
+            if mine:
+                shares.append(SubShare(_name(p), p.weight if p else 1.0, spec.mixing.maximum_rate, mine))
+        train = tuple(d for s in shares for d in s.train)
         evals = tuple(d for h in held_clusters for d in tax.clusters[h].datasets + tax.clusters[h].eval_only
                       if d in universe)
         if not train:
             raise SpecError(located.path, located.where(("held_out",))[1], "held_out",
                             f"holding out {name!r} leaves no dataset to train on")
-        known = {d: n for d in train if (n := counts[d]) is not None}
-        rates = mixing_rates(known, pipeline.mixing.maximum_rate) if len(known) == len(train) else {}
+        rates: dict[str, float] = {}
+        if all(counts[d] is not None for d in train):
+            if subs:
+                rates = submixture_rates([(s.weight, s.maximum_rate, {d: counts[d] or 0 for d in s.train})
+                                          for s in shares])[0]
+            else:
+                rates = mixing_rates({d: counts[d] or 0 for d in train}, pipeline.mixing.maximum_rate)
         size = pipeline.mixture_size
         allocation = allocate(rates, size.examples) if rates and isinstance(size, ExamplesSize) else {}
-        splits.append(SplitPlan(name, removed, train, evals, rates, allocation))
+        splits.append(SplitPlan(name, removed, train, evals, rates, allocation, tuple(shares) if subs else ()))
     if require_data:  # the eval splits too: a missing split or feature is found here, not inside the job
         for d in sorted({d for s in splits for d in s.eval}):
             for split in ("validation", "test"):
                 count_examples(collection.datasets[d], split, source)
     return Plan(pipeline, located.path.resolve(), collection, counts, tuple(splits), source,
-                Path(resolve_path(pipeline.tokenizer, located, ("tokenizer",))))
+                Path(resolve_path(pipeline.tokenizer, located, ("tokenizer",))), subs, owners)
+
+
+def _name(part: SubPipeline | None) -> str:
+    return part.name if part is not None else ""
+
+
+def _universe(pipeline: PipelineSpec, collection: Collection) -> set[str]:
+    return set(pipeline.datasets) if pipeline.datasets is not None else set(collection.datasets)
+
+
+def _training_clusters(pipeline: PipelineSpec, collection: Collection) -> list[str]:
+    return pipeline.clusters if pipeline.clusters is not None else list(collection.taxonomy.clusters)
+
+
+def _owners(subs: tuple[SubPipeline, ...], universes: dict[str, set[str]], trained: dict[str, set[str]],
+            located: Located) -> dict[str, str]:
+    """Dataset -> the sub-mixture that trains on it (or, for one only evaluated, the first that lists it).
+
+    Raises:
+      SpecError: a dataset trained by two sub-mixtures.
+    """
+    owners: dict[str, str] = {}
+    for i, sub in enumerate(subs):
+        for d in sorted(trained[sub.name]):
+            if d in owners:
+                file, line = located.where(("mixture_of", i, "pipeline"))
+                raise SpecError(file, line, f"mixture_of[{i}].pipeline",
+                                f"dataset {d!r} is in sub-mixtures {owners[d]!r} and {sub.name!r}; a dataset "
+                                f"belongs to one sub-mixture (restrict each with datasets: or clusters:)")
+            owners[d] = sub.name
+    for sub in subs:
+        for d in sorted(universes[sub.name]):
+            owners.setdefault(d, sub.name)
+    return owners
 
 
 def resolve_path(value: str, located: Located, loc: tuple[str | int, ...]) -> str:
@@ -151,22 +225,32 @@ def split_name(held_out: str | list[str]) -> str:
 
 
 def _check_names(pipeline: PipelineSpec, located: Located, collection: Collection) -> None:
-    clusters = collection.taxonomy.clusters
     entries: list[tuple[tuple[str | int, ...], str]] = []
     for i, held in enumerate(pipeline.held_out):
         entries += [(("held_out", i), held)] if isinstance(held, str) else [
             (("held_out", i, j), name) for j, name in enumerate(held)]
-    entries += [(("clusters", i), name) for i, name in enumerate(pipeline.clusters or [])]
+    _check_clusters(entries, located, collection)
+    _check_selection(pipeline, located, collection)
+    if len({split_name(h) for h in pipeline.held_out}) != len(pipeline.held_out):
+        file, line = located.where(("held_out",))
+        raise SpecError(file, line, "held_out", "a cluster is listed twice")
+
+
+def _check_clusters(entries: list[tuple[tuple[str | int, ...], str]], located: Located, collection: Collection
+                    ) -> None:
+    clusters = collection.taxonomy.clusters
     for loc, name in entries:
         if name not in clusters:
             file, line = located.where(loc)
             field = loc[0] + "".join(f"[{p}]" for p in loc[1:])
             raise SpecError(file, line, str(field), f"unknown cluster {name!r}{did_you_mean(name, clusters)}")
+
+
+def _check_selection(pipeline: PipelineSpec, located: Located, collection: Collection) -> None:
+    """The names in a pipeline's (or a sub-pipeline's) ``clusters:`` and ``datasets:``."""
+    _check_clusters([(("clusters", i), name) for i, name in enumerate(pipeline.clusters or [])], located, collection)
     for i, name in enumerate(pipeline.datasets or []):
         if name not in collection.datasets:
             file, line = located.where(("datasets", i))
             raise SpecError(file, line, f"datasets[{i}]",
                             f"unknown dataset {name!r}{did_you_mean(name, collection.datasets)}")
-    if len({split_name(h) for h in pipeline.held_out}) != len(pipeline.held_out):
-        file, line = located.where(("held_out",))
-        raise SpecError(file, line, "held_out", "a cluster is listed twice")

@@ -376,6 +376,25 @@ class TemplateLimits(BaseModel):
     integer_bits: int = Field(default=4096, ge=64, description="Largest integer (in bits) '*' or '**' may produce.")
 
 
+class SubMixture(BaseModel):
+    """One weighted part of a pipeline that is a mixture of pipelines (``mixture_of``)."""
+
+    model_config = _STRICT
+    pipeline: str = Field(min_length=1, description=(
+        "Sub-pipeline file, relative to the pipeline file that lists it (or absolute, or "
+        "flanpipe:pipelines/<name>.yaml); it may set only its datasets/clusters, mixing and render settings."))
+    weight: float = Field(gt=0, description="Its share of the mixture's examples, before normalizing (e.g. 0.4).")
+
+
+class Decontaminate(BaseModel):
+    """Drop train examples sharing a word n-gram with evaluation sets, when the compile reads them."""
+
+    model_config = _STRICT
+    ngram: int = Field(default=13, ge=1, description="Words per n-gram (the audit's --ngram; default 13).")
+    against: Literal["held_out", "all_eval"] = Field(description=(
+        "held_out: the eval sets of the splits that train on the dataset; all_eval: every eval set compiled."))
+
+
 class PipelineSpec(BaseModel):
     """What to build: which held-out mixtures, from which source, with which settings."""
 
@@ -422,6 +441,18 @@ class PipelineSpec(BaseModel):
         "manifest and the compile summary. A template that fails on valid fields is an error either way."))
     template_limits: TemplateLimits = Field(default_factory=TemplateLimits,
                                             description="Cost limits of rendering one template field.")
+    mixture_of: list[SubMixture] | None = Field(default=None, min_length=1, description=(
+        "The mixture as weighted sub-mixtures, each a pipeline file of its own (datasets, mixing, render "
+        "settings); None: this pipeline's datasets in one examples-proportional mixture."))
+    decontaminate: Decontaminate | None = Field(default=None, description=(
+        "Drop train examples sharing an n-gram with eval sets before mixing; None: keep every example."))
+
+    @model_validator(mode="after")
+    def _check_mixture_of(self) -> PipelineSpec:
+        if self.mixture_of is not None and (self.datasets is not None or self.clusters is not None):
+            raise ValueError("with mixture_of, each sub-pipeline sets its own datasets/clusters, not the "
+                             "outer pipeline")
+        return self
 
 
 # --------------------------------------------------------------------------- loading
@@ -573,6 +604,18 @@ def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Located]:
         raise SpecError(path, None, None, str(e)) from None
     merged = _resolve_extends(bundled or Path(path), ())
     return validate_located(PipelineSpec, merged), merged
+
+
+def resolve_extends(path: str | Path) -> Located:
+    """A pipeline file's data with its ``extends:`` chain merged in (not validated)."""
+    return _resolve_extends(Path(path), ())
+
+
+def merge_located(base: Located, override: Located) -> Located:
+    """``override``'s keys over ``base``'s, as ``extends:`` merges them, each key keeping the line that set it."""
+    lines = {**base.lines, **override.lines}
+    return Located(_deep_merge(base.data, override.data), override.path, lines,
+                   {**base.text_lines, **override.text_lines})
 
 
 def _resolve_extends(path: Path, chain: tuple[Path, ...]) -> Located:
