@@ -9,22 +9,27 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from flanpipe import __version__, manifest, storage
 from flanpipe.beam import failures
 from flanpipe.beam.job import MIXTURES_FILE, build
 from flanpipe.beam.runner import describe_job, run_job
 from flanpipe.collection import TEMPLATES_DIR
+from flanpipe.decontaminate import eval_ngrams, index_of
 from flanpipe.errors import OutputError
 from flanpipe.files import LOCK_NAME, checksums, read_json, sha256_file, write_bytes
 from flanpipe.jobs import DatasetJob, JobContext, RenderSettings, mixtures_of
 from flanpipe.manifest import FORMAT, MANIFEST, SplitManifest, SubMixtureInfo, TopManifest
 from flanpipe.plan import Plan, SplitPlan, load_plan
 from flanpipe.progress import Snapshot, Watcher
+from flanpipe.read import eval_chunks_in_memory
+from flanpipe.render import EVAL_SCHEMA, render_eval
 from flanpipe.schema import PAD_ID, EOS_ID, RecordLayout
 from flanpipe.sources import source_fingerprint
 from flanpipe.spec import ExamplesSize
@@ -77,6 +82,33 @@ def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, 
     return jobs
 
 
+def decontaminated(plan: Plan, jobs: dict[str, DatasetJob]) -> dict[str, DatasetJob]:
+    """The jobs, each one that reads train examples given the eval n-grams it is cleaned against
+    (``decontaminate``; unchanged without it). The eval sets are read and rendered here, as the job
+    renders them, so the index holds exactly the n-grams the audit will look for.
+    """
+    setting = plan.pipeline.decontaminate
+    if setting is None:
+        return jobs
+    evals = sorted({d for s in plan.splits for d in s.eval})
+    ngrams = {}
+    for name in evals:
+        job = jobs[name]
+        tables = [render_eval(job.compiled, split, chunk, job.settings) for split in ("validation", "test")
+                  if split in job.splits for chunk in eval_chunks_in_memory(job, split)]
+        table = pa.concat_tables(tables) if tables else EVAL_SCHEMA.empty_table()
+        ngrams[name] = eval_ngrams(name, table, setting.ngram)
+    out = {}
+    for name, job in jobs.items():
+        if "train" not in job.splits:
+            out[name] = job
+            continue
+        against = evals if setting.against == "all_eval" else sorted(
+            {d for s in plan.splits if name in s.train for d in s.eval})
+        out[name] = replace(job, decontaminate=index_of(setting.ngram, {d: ngrams[d] for d in against}))
+    return out
+
+
 def pipeline_hash(plan: Plan, tokenizer: Tokenizer, jobs: dict[str, DatasetJob]) -> str:
     """Hash of the resolved pipeline, the tokenizer and every dataset's content key."""
     blob = json.dumps({"pipeline": plan.pipeline.model_dump(mode="json"), "tokenizer": tokenizer.sha256,
@@ -117,7 +149,7 @@ def describe_compile(pipeline: str | Path, options: CompileOptions) -> list[str]
     """
     plan = load_plan(pipeline, templates=options.templates, only=list(options.splits) or None)
     tokenizer = Tokenizer.from_file(plan.tokenizer)
-    jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
+    jobs = decontaminated(plan, dataset_jobs(plan, tokenizer, options.cache_dir))
     ctx = _context(plan, storage.resolve(options.out), jobs, options)
     return describe_job(lambda p: build(p, ctx), options.runner, beam_args=options.beam_args)
 
@@ -138,7 +170,7 @@ def run_compile(pipeline: str | Path, options: CompileOptions, progress: Callabl
     tokenizer = Tokenizer.from_file(tok_path)
     out = storage.resolve(options.out)
     _check_out_dir(out, plan.pipeline.name, options.overwrite)
-    jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
+    jobs = decontaminated(plan, dataset_jobs(plan, tokenizer, options.cache_dir))
     digest = pipeline_hash(plan, tokenizer, jobs)
     resolved = {"name": plan.pipeline.name, "hash": digest, "resolved": plan.pipeline.model_dump(mode="json"),
                 "file": plan.pipeline_path.name}
@@ -238,6 +270,7 @@ def _finish(plan: Plan, ctx: JobContext, tokenizer: Tokenizer, tok_path: Path, r
         summary={n: m.summary for n, m in split_manifests.items()},
         files=checksums(out, exclude=[MANIFEST, IN_PROGRESS], known=known),
         submixtures=_submixtures(plan) if plan.submixtures else None,
+        decontamination=_decontamination(plan, metas),
     )
     manifest.write(storage.join(out, MANIFEST), top)
     return top
@@ -293,6 +326,17 @@ def _finish_split(plan: Plan, ctx: JobContext, split: SplitPlan, mix: dict[str, 
     )
     digests[MANIFEST] = manifest.write(storage.join(base, MANIFEST), m)
     return m, digests
+
+
+def _decontamination(plan: Plan, metas: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The decontaminate setting and, per train dataset, the eval sets it was cleaned against and what it lost."""
+    setting = plan.pipeline.decontaminate
+    if setting is None:
+        return None
+    datasets = {n: m["train"]["decontaminated"] for n, m in sorted(metas.items())
+                if "decontaminated" in m.get("train", {})}
+    return {"ngram": setting.ngram, "against": setting.against, "dropped": sum(d["dropped"] for d in datasets.values()),
+            "datasets": datasets}
 
 
 def _submixture_shares(plan: Plan, split: SplitPlan, mix: dict[str, Any], realized: dict[str, int], total: int

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flanpipe import __version__, storage
+from flanpipe.decontaminate import Decontamination
 from flanpipe.plan import SplitPlan
 from flanpipe.schema import RecordLayout
 from flanpipe.spec import (DatasetSpec, FewShot, OptionsFormat, PipelineSpec, SamplesSource, TemplateLimits,
@@ -75,6 +76,8 @@ class DatasetJob:
     eval_splits: tuple[str, ...]  # validation/test when the dataset is evaluated somewhere
     trained: bool  # its train split is read: some split trains on it, or it gets a prompt-tuning set
     marks: Located | None = field(default=None, repr=False)  # the dataset file's line marks, for file:line errors
+    # decontaminate: the eval n-grams its train examples are checked against when read (None: not checked)
+    decontaminate: Decontamination | None = field(default=None, repr=False)
 
     @functools.cached_property
     def key(self) -> str:
@@ -83,6 +86,7 @@ class DatasetJob:
             "format": CACHE_FORMAT, "flanpipe": __version__, "dataset": self.spec.name, "spec": self.spec_sha256,
             "cluster_title": self.cluster_title, "source": self.source_fingerprint,
             "tokenizer": self.tokenizer.sha256, "settings": self.settings.as_dict(),
+            **({"decontaminate": self.decontaminate.digest} if self.decontaminate is not None else {}),
         }, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 

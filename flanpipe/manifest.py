@@ -158,6 +158,9 @@ class TopManifest(BaseModel):
     files: dict[str, str] = Field(description="sha256 of every file of the output but this manifest.")
     submixtures: dict[str, dict[str, Any]] | None = Field(default=None, description=(
         "Per sub-mixture (mixture_of): its file, weight and resolved pipeline; absent without."))
+    decontamination: dict[str, Any] | None = Field(default=None, description=(
+        "decontaminate: ngram, against, train examples dropped in all, and per dataset the eval sets it was "
+        "checked against, how many it lost and their first keys; absent without."))
 
 
 # Optional keys written only when set, so that outputs of pipelines without them keep their bytes.
