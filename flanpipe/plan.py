@@ -82,7 +82,7 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
       require_data: False lets a dataset whose data is not there (yet) count as unknown (None), and its
         splits have no rates: the structure of a pipeline, before anything is downloaded.
     """
-    pipeline, located, collection = check_pipeline(pipeline_path, templates=templates)
+    pipeline, located, collection, subs = _load_checked(pipeline_path, templates)
     source = resolved_source(pipeline, located, collection)
     groups = {split_name(h): [h] if isinstance(h, str) else list(h) for h in pipeline.held_out}
     held = list(groups) + ([ALL_SPLIT] if pipeline.include_all else [])
@@ -93,9 +93,6 @@ def load_plan(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DI
                                 f"unknown split {name!r}{did_you_mean(name, held)}; this pipeline builds "
                                 f"{', '.join(held)}")
         held = [h for h in held if h in only]
-    subs = load_submixtures(pipeline, located)
-    for sub in subs:
-        _check_selection(sub.pipeline, sub.located, collection)
     parts = subs or (None,)
     universes = {_name(p): _universe(p.pipeline if p else pipeline, collection) for p in parts}
     trained = {_name(p): {d for c in _training_clusters(p.pipeline if p else pipeline, collection)
@@ -212,11 +209,21 @@ def resolved_source(pipeline: PipelineSpec, located: Located, collection: Collec
 
 def check_pipeline(pipeline_path: str | Path, *, templates: str | Path = TEMPLATES_DIR
                    ) -> tuple[PipelineSpec, Located, Collection]:
-    """Load a pipeline and the collection and check every name the pipeline uses (no data is read)."""
+    """Load a pipeline and the collection and check every name the pipeline (and its sub-pipelines) use (no data
+    is read)."""
+    pipeline, located, collection, _ = _load_checked(pipeline_path, templates)
+    return pipeline, located, collection
+
+
+def _load_checked(pipeline_path: str | Path, templates: str | Path
+                  ) -> tuple[PipelineSpec, Located, Collection, tuple[SubPipeline, ...]]:
     pipeline, located = load_pipeline(pipeline_path)
     collection = load_collection(templates)
     _check_names(pipeline, located, collection)
-    return pipeline, located, collection
+    subs = load_submixtures(pipeline, located)
+    for sub in subs:
+        _check_selection(sub.pipeline, sub.located, collection)
+    return pipeline, located, collection, subs
 
 
 def split_name(held_out: str | list[str]) -> str:

@@ -145,3 +145,15 @@ def test_the_outer_pipeline_of_a_mixture_selects_no_datasets_itself(tmp_path):
     write(pipeline, pipeline.read_text().replace("parts/b.yaml", "parts/nope.yaml").replace("datasets: [rte]\n", ""))
     with pytest.raises(SpecError, match=r"mixture_of\[1\].pipeline: no such pipeline file 'parts/nope.yaml'"):
         load_plan(pipeline, templates=tmp_path / "templates", require_data=False)
+
+
+def test_the_shipped_example_plans_its_two_parts_at_their_weights():
+    example = Path(__file__).resolve().parent.parent / "pipelines" / "examples" / "two_parts.yaml"
+    plan = load_plan(example, require_data=False)
+    assert [(s.name, s.weight) for s in plan.submixtures] == [("main", 0.7), ("rest", 0.3)]
+    assert plan.pipeline.decontaminate is not None and plan.pipeline_of("wmt16_translate_deen").turned_weight == 0.3
+    for split in plan.splits:
+        assert [g.name for g in split.submixtures] == ["main", "rest"]
+        allocated = sum(split.allocation.values())
+        rest = sum(split.allocation.get(d, 0) for d in split.submixtures[1].train)
+        assert abs(rest / allocated - 0.3) < 0.001
