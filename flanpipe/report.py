@@ -105,6 +105,16 @@ def bad_examples_lines(manifest: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def decontamination_lines(manifest: Mapping[str, Any]) -> list[str]:
+    """One line per dataset that decontaminate dropped train examples of (none without decontaminate)."""
+    decon = manifest.get("decontamination")
+    if not decon:
+        return []
+    return [f"decontaminate ({decon['ngram']}-grams, against {decon['against']}): dropped {v['dropped']:,} train "
+            f"example(s) of {d}: {', '.join(v['keys'][:5])}{', ...' if v['dropped'] > 5 else ''}"
+            for d, v in decon["datasets"].items() if v["dropped"]]
+
+
 def sources_table(rows: list[Availability], source: SamplesSource | TfdsDataSource) -> Table:
     """One row per dataset a pipeline needs: source, state, examples per split, the command that prepares it."""
     where = f"TFDS data_dir {source.data_dir}" if isinstance(source, TfdsDataSource) else f"samples in {source.dir}"

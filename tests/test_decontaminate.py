@@ -12,9 +12,11 @@ import pytest
 from compile_fixtures import compile_world, make_world
 
 from flanpipe.audit import audit_output
+from flanpipe.audit.report import render_html
 from flanpipe.decontaminate import Decontamination, contaminated, index_of
 from flanpipe.ngrams import ngram_hashes
 from flanpipe.plan import load_plan
+from flanpipe.report import decontamination_lines
 from flanpipe.sources import read_examples
 
 LONG = [" ".join(f"zeta{k}q{i}" for i in range(20)) + "." for k in range(3)]  # 20 words met nowhere else
@@ -115,7 +117,13 @@ def test_decontaminate_drops_exactly_the_planted_examples_and_the_audit_finds_no
                                             load_plan(root / "pipeline.yaml", templates=root / "templates").source)}
     assert seen == all_keys - set(expected["senti"])
     assert set(_dirty(root / "out").values()) == {0}
-    assert audit_output(root / "out")["datasets"]["senti"]["decontaminated"] == len(expected["senti"])
+    audit = audit_output(root / "out")
+    assert audit["datasets"]["senti"]["decontaminated"] == len(expected["senti"])
+    assert audit["decontamination"]["dropped"] == len(planted)
+    assert f"The compile dropped {len(planted)} train examples" in render_html(audit)
+    lines = decontamination_lines(top)
+    assert len(lines) == len(expected) and any(f"dropped {len(expected['senti'])} train example(s) of senti" in line
+                                               for line in lines)
 
 
 def test_an_example_is_contaminated_by_any_of_its_texts():
