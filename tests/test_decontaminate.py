@@ -133,3 +133,11 @@ def test_an_example_is_contaminated_by_any_of_its_texts():
     dirty = contaminated([["short text", LONG[0][:40]], ["x", "y " + LONG[0]], []], d)
     assert dirty.tolist() == [False, True, False]
     assert index_of(13, {"e": np.unique(eval_ngrams)}).digest == d.digest != index_of(12, {"e": eval_ngrams}).digest
+
+
+def test_a_decontaminated_compile_is_byte_identical_on_two_workers(tmp_path):
+    root = _world(tmp_path, "decontaminate: {ngram: 13, against: held_out}\n")
+    compile_world(root, "out")
+    compile_world(root, "mp", workers=2, mode="multi_processing", cache_dir=str(tmp_path / "cache-2"))
+    files = [json.loads((root / o / "manifest.json").read_text())["files"] for o in ("out", "mp")]
+    assert files[0] == files[1]

@@ -36,7 +36,7 @@ clusters:
     datasets: [summ]
 """
 # sentiment has a dataset in each part: holding it out must remove both
-PART_A = "name: part_a\ndatasets: [rte, para, senti]\n"
+PART_A = "name: part_a\ndatasets: [rte, para, senti]\nturned_weight: 0.2\n"
 PART_B = "name: part_b\ndatasets: [senti2, summ]\nmixing: {cap: 25, maximum_rate: 20}\nturned_weight: 0.5\n"
 MIXTURE = "mixture_of:\n  - {pipeline: parts/a.yaml, weight: 0.7}\n  - {pipeline: parts/b.yaml, weight: 0.3}\n"
 
@@ -96,10 +96,17 @@ def test_a_held_out_cluster_is_removed_from_every_sub_mixture(world):
     assert all(s["leakage"]["ok"] for s in audit["splits"].values())
 
 
+def test_turned_uses_have_their_sub_mixtures_weight(world):
+    rows = pq.read_table(world / "out" / "sentiment" / "examples", columns=["dataset", "turned"]).to_pylist()
+    turned = [r["turned"] for r in rows if r["dataset"] == "rte"]
+    expected = 2 * 0.2 / (2 * 0.2 + 8)  # rte: 2 of its 10 templates are turned; 0.2 of their weight at 1
+    assert len(turned) > 100 and abs(sum(turned) / len(turned) - expected) < 0.03
+
+
 def test_each_dataset_renders_with_its_own_sub_mixtures_settings(world):
     plan = load_plan(world / "pipeline.yaml", templates=world / "templates")
     assert plan.pipeline_of("summ").turned_weight == 0.5 and plan.pipeline_of("summ").mixing.cap == 25
-    assert plan.pipeline_of("rte").turned_weight == 1.0 and plan.pipeline_of("rte").mixing.cap == 30000
+    assert plan.pipeline_of("rte").turned_weight == 0.2 and plan.pipeline_of("rte").mixing.cap == 30000
     assert plan.pipeline_of("rte").seed == plan.pipeline.seed  # outer settings reach every part
 
 
