@@ -198,7 +198,7 @@ def run_compile(pipeline: str | Path, options: CompileOptions, progress: Callabl
         progress("checking the output and writing manifests")
         top = _finish(plan, ctx, tokenizer, tok_path, resolved)
         storage.remove(storage.join(out, IN_PROGRESS))
-        return CompileResult(top.model_dump(mode="json"), misses)
+        return CompileResult(manifest.as_data(top), misses)
 
 
 @contextmanager

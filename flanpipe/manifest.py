@@ -193,12 +193,17 @@ def load(url: str | Path, model: type[M]) -> M:
         raise OutputError(f"{url}: {where}: {message}") from None
 
 
-def write(url: str, manifest: BaseModel) -> str:
+def as_data(manifest: BaseModel) -> dict[str, Any]:
+    """A manifest as the JSON data written (optional keys that are not set left out)."""
     data = manifest.model_dump(mode="json")
     for key in _OMITTED_WHEN_NONE:
         if key in data and data[key] is None:
             del data[key]
-    return write_json(url, data)
+    return data
+
+
+def write(url: str, manifest: BaseModel) -> str:
+    return write_json(url, as_data(manifest))
 
 
 def summarize(shards: Sequence[Mapping[str, Any]], layout: RecordLayout) -> Summary:
