@@ -74,7 +74,8 @@ def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, 
         jobs[name] = DatasetJob(
             spec=spec, cluster_title=plan.collection.cluster_title(name),
             spec_sha256=sha256_file(plan.collection.paths[name]), source=plan.source,
-            source_fingerprint=source_fingerprint(spec, plan.source), settings=RenderSettings.of(plan.pipeline_of(name)),
+            source_fingerprint=source_fingerprint(spec, plan.source),
+            settings=RenderSettings.of(plan.pipeline_of(name)),  # its sub-mixture's settings, with mixture_of
             tokenizer=tokenizer, cache_dir=storage.resolve(cache_dir),
             eval_splits=("validation", "test") if name in evaluated else (),
             trained=name in trained or (plan.pipeline.prompt_tuning_sets and name in evaluated),

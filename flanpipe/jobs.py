@@ -45,7 +45,8 @@ class RenderSettings:
     @classmethod
     def of(cls, p: PipelineSpec) -> RenderSettings:
         return cls(p.seed, p.template_choice, p.instructions, p.eval_instructions, p.options_format, p.mixing.cap,
-                   p.lengths.inputs, p.lengths.targets, p.truncate, p.fewshot, p.bad_examples, p.template_limits, turned_weight=p.turned_weight)
+                   p.lengths.inputs, p.lengths.targets, p.truncate, p.fewshot, p.bad_examples, p.template_limits,
+                   turned_weight=p.turned_weight)
 
     def as_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "template_choice": self.template_choice, "instructions": self.instructions,

@@ -183,14 +183,15 @@ def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
     # JSONL samples and files of its own: values are plain Python already
     plain = isinstance(job.source, SamplesSource) or isinstance(job.spec.source, (FilesSource, HuggingFaceSource))
     bad = BadExamples() if job.settings.bad_examples == "skip" else None
-    dropped = Dropped() if split == "train" and job.decontaminate is not None else None
+    against = job.decontaminate if split == "train" else None
+    dropped = Dropped()
     if split == "train":
-        if job.decontaminate is not None and dropped is not None:  # before the cap: it keeps clean examples
-            examples = clean(compiled, examples, job.decontaminate, dropped, mode=job.settings.instructions,
+        if against is not None:  # before the cap: it keeps clean examples
+            examples = clean(compiled, examples, against, dropped, mode=job.settings.instructions,
                              options_format=job.settings.options_format, plain=plain)
         rows, counts = select_train(compiled, examples, seed=job.settings.seed, cap=job.settings.cap, plain=plain,
                                     bad=bad)
-        if dropped is not None:
+        if against is not None:
             counts = replace(counts, read=counts.read + dropped.count, decontaminated=dropped.count)
         tables: Iterator[pa.Table] = chunk_tables(rows)
     else:
@@ -205,8 +206,7 @@ def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
         counts = ReadCounts(tally["read"], tally["filtered"], 0, tally["read"] - tally["filtered"] - skipped, skipped)
     meta = {"dataset": job.name, "split": split, "counts": counts.as_dict(), "rows": counts.kept,
             "bad": bad.as_dict() if bad is not None and bad.count else None,
-            **({"decontaminated": dropped.as_dict(job.decontaminate)}
-               if dropped is not None and job.decontaminate is not None else {}),
+            **({"decontaminated": dropped.as_dict(against)} if against is not None else {}),
             "chunks": chunks, "chunk_rows": CHUNK_ROWS, "seconds": round(time.perf_counter() - started, 3),
             "cpu_seconds": round(time.process_time() - cpu, 3)}
     write_json(entry.read_meta(split), meta, unique_tmp=True)  # last: its presence means the read is complete
