@@ -21,7 +21,8 @@ from flanpipe.errors import AuditError, CompileError
 from flanpipe.compiler import DEFAULT_CACHE, CompileOptions, describe_compile, run_compile
 from flanpipe.plan import load_plan
 from flanpipe.progress import Snapshot
-from flanpipe.report import bad_examples_lines, compile_table, plan_table, rates_table, sources_table
+from flanpipe.report import (bad_examples_lines, compile_table, decontamination_lines, plan_table, rates_table,
+                             sources_table, submixtures_table)
 from flanpipe.sources import availability, prepare_script
 from flanpipe.starter import write_starter
 from flanpipe.verify import verify_output
@@ -134,6 +135,8 @@ def plan(
     except CompileError as e:
         _fail(e)
     console.print(plan_table(p))
+    if p.submixtures:
+        console.print(submixtures_table(p))
     unknown = sorted(d for d, n in p.counts.items() if n is None)
     if unknown:
         err_console.print(f"[yellow]note:[/] {len(unknown)} dataset(s) not prepared, counts and rates unknown: "
@@ -265,6 +268,9 @@ def compile_(
     if not json_out:
         for line in bad_examples_lines(manifest):
             err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        if not quiet:
+            for line in decontamination_lines(manifest):
+                console.print(line, highlight=False, soft_wrap=True)
 
 
 @contextmanager

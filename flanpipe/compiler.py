@@ -9,22 +9,27 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from flanpipe import __version__, manifest, storage
 from flanpipe.beam import failures
 from flanpipe.beam.job import MIXTURES_FILE, build
 from flanpipe.beam.runner import describe_job, run_job
 from flanpipe.collection import TEMPLATES_DIR
+from flanpipe.decontaminate import eval_ngrams, index_of
 from flanpipe.errors import OutputError
 from flanpipe.files import LOCK_NAME, checksums, read_json, sha256_file, write_bytes
 from flanpipe.jobs import DatasetJob, JobContext, RenderSettings, mixtures_of
-from flanpipe.manifest import MANIFEST, FORMAT, SplitManifest, TopManifest
+from flanpipe.manifest import FORMAT, MANIFEST, SplitManifest, SubMixtureInfo, TopManifest
 from flanpipe.plan import Plan, SplitPlan, load_plan
 from flanpipe.progress import Snapshot, Watcher
+from flanpipe.read import eval_chunks_in_memory
+from flanpipe.render import EVAL_SCHEMA, render_eval
 from flanpipe.schema import RecordLayout
 from flanpipe.sources import source_fingerprint
 from flanpipe.spec import ExamplesSize
@@ -60,7 +65,6 @@ class CompileOptions:
 
 def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, DatasetJob]:
     """One picklable job per dataset the plan trains on or evaluates."""
-    settings = RenderSettings.of(plan.pipeline)
     evaluated = {d for s in plan.splits for d in s.eval}
     trained = {d for s in plan.splits for d in s.train}
     jobs = {}
@@ -69,7 +73,8 @@ def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, 
         jobs[name] = DatasetJob(
             spec=spec, cluster_title=plan.collection.cluster_title(name),
             spec_sha256=sha256_file(plan.collection.paths[name]), source=plan.source,
-            source_fingerprint=source_fingerprint(spec, plan.source), settings=settings,
+            source_fingerprint=source_fingerprint(spec, plan.source),
+            settings=RenderSettings.of(plan.pipeline_of(name)),  # its sub-mixture's settings, with mixture_of
             tokenizer=tokenizer, cache_dir=storage.resolve(cache_dir),
             eval_splits=("validation", "test") if name in evaluated else (),
             trained=name in trained or (plan.pipeline.prompt_tuning_sets and name in evaluated),
@@ -77,12 +82,47 @@ def dataset_jobs(plan: Plan, tokenizer: Tokenizer, cache_dir: str) -> dict[str, 
     return jobs
 
 
+def decontaminated(plan: Plan, jobs: dict[str, DatasetJob]) -> dict[str, DatasetJob]:
+    """The jobs, each one that reads train examples given the eval n-grams it is cleaned against
+    (``decontaminate``; unchanged without it). The eval sets are read and rendered here, as the job
+    renders them, so the index holds exactly the n-grams the audit will look for.
+    """
+    setting = plan.pipeline.decontaminate
+    if setting is None:
+        return jobs
+    evals = sorted({d for s in plan.splits for d in s.eval})
+    ngrams = {}
+    for name in evals:
+        job = jobs[name]
+        tables = [render_eval(job.compiled, split, chunk, job.settings) for split in ("validation", "test")
+                  if split in job.splits for chunk in eval_chunks_in_memory(job, split)]
+        table = pa.concat_tables(tables) if tables else EVAL_SCHEMA.empty_table()
+        ngrams[name] = eval_ngrams(name, table, setting.ngram)
+    out = {}
+    for name, job in jobs.items():
+        if "train" not in job.splits:
+            out[name] = job
+            continue
+        against = evals if setting.against == "all_eval" else sorted(
+            {d for s in plan.splits if name in s.train for d in s.eval})
+        out[name] = replace(job, decontaminate=index_of(setting.ngram, {d: ngrams[d] for d in against}))
+    return out
+
+
 def pipeline_hash(plan: Plan, tokenizer: Tokenizer, jobs: dict[str, DatasetJob]) -> str:
     """Hash of the resolved pipeline, the tokenizer and every dataset's content key."""
     blob = json.dumps({"pipeline": plan.pipeline.model_dump(mode="json"), "tokenizer": tokenizer.identity,
                        "datasets": {n: j.key for n, j in sorted(jobs.items())},
-                       "splits": [s.name for s in plan.splits]}, sort_keys=True)
+                       "splits": [s.name for s in plan.splits],
+                       # only with mixture_of, so that other pipelines keep their hash
+                       **({"submixtures": _submixtures(plan)} if plan.submixtures else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _submixtures(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Each sub-mixture's file, weight and resolved pipeline, for the hash and the top manifest."""
+    return {s.name: {"file": s.path.name, "weight": s.weight, "resolved": s.pipeline.model_dump(mode="json")}
+            for s in plan.submixtures}
 
 
 def _check_out_dir(out: str, name: str, overwrite: bool) -> None:
@@ -109,7 +149,7 @@ def describe_compile(pipeline: str | Path, options: CompileOptions) -> list[str]
     """
     plan = load_plan(pipeline, templates=options.templates, only=list(options.splits) or None)
     tokenizer = Tokenizer.from_file(plan.tokenizer, plan.tokenizer_options)
-    jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
+    jobs = decontaminated(plan, dataset_jobs(plan, tokenizer, options.cache_dir))
     ctx = _context(plan, storage.resolve(options.out), jobs, options, tokenizer)
     return describe_job(lambda p: build(p, ctx), options.runner, beam_args=options.beam_args)
 
@@ -130,7 +170,7 @@ def run_compile(pipeline: str | Path, options: CompileOptions, progress: Callabl
     tokenizer = Tokenizer.from_file(tok_path, plan.tokenizer_options)
     out = storage.resolve(options.out)
     _check_out_dir(out, plan.pipeline.name, options.overwrite)
-    jobs = dataset_jobs(plan, tokenizer, options.cache_dir)
+    jobs = decontaminated(plan, dataset_jobs(plan, tokenizer, options.cache_dir))
     digest = pipeline_hash(plan, tokenizer, jobs)
     resolved = {"name": plan.pipeline.name, "hash": digest, "resolved": plan.pipeline.model_dump(mode="json"),
                 "file": plan.pipeline_path.name}
@@ -158,7 +198,7 @@ def run_compile(pipeline: str | Path, options: CompileOptions, progress: Callabl
         progress("checking the output and writing manifests")
         top = _finish(plan, ctx, tokenizer, tok_path, resolved)
         storage.remove(storage.join(out, IN_PROGRESS))
-        return CompileResult(top.model_dump(mode="json"), misses)
+        return CompileResult(manifest.as_data(top), misses)
 
 
 @contextmanager
@@ -245,6 +285,8 @@ def _finish(plan: Plan, ctx: JobContext, tokenizer: Tokenizer, tok_path: Path, r
                   for n, j in sorted(ctx.datasets.items())},
         summary={n: m.summary for n, m in split_manifests.items()},
         files=checksums(out, exclude=[MANIFEST, IN_PROGRESS], known=known),
+        submixtures=_submixtures(plan) if plan.submixtures else None,
+        decontamination=_decontamination(plan, metas),
     )
     manifest.write(storage.join(out, MANIFEST), top)
     return top
@@ -297,9 +339,36 @@ def _finish_split(plan: Plan, ctx: JobContext, split: SplitPlan, mix: dict[str, 
         planned_rates=mix["rates"], planned_examples=mix["uses"],
         realized_rates={d: tally.datasets.get(d, 0) / total for d in split.train} if total else {},
         files=checksums(base, exclude=[MANIFEST], known=digests),
+        submixtures=_submixture_shares(plan, split, mix, tally.datasets, total) if split.submixtures else None,
     )
     digests[MANIFEST] = manifest.write(storage.join(base, MANIFEST), m)
     return m, digests
+
+
+def _decontamination(plan: Plan, metas: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The decontaminate setting and, per train dataset, the eval sets it was cleaned against and what it lost."""
+    setting = plan.pipeline.decontaminate
+    if setting is None:
+        return None
+    datasets = {n: m["train"]["decontaminated"] for n, m in sorted(metas.items())
+                if "decontaminated" in m.get("train", {})}
+    return {"ngram": setting.ngram, "against": setting.against, "dropped": sum(d["dropped"] for d in datasets.values()),
+            "datasets": datasets}
+
+
+def _submixture_shares(plan: Plan, split: SplitPlan, mix: dict[str, Any], realized: dict[str, int], total: int
+                       ) -> dict[str, SubMixtureInfo]:
+    """Each sub-mixture of a split: settings, datasets, planned share (of the computed mixture) and realized."""
+    subs = {s.name: s for s in plan.submixtures}
+    out = {}
+    for g in split.submixtures:
+        sub = subs[g.name]
+        examples = sum(realized.get(d, 0) for d in g.train)
+        out[g.name] = SubMixtureInfo(
+            file=sub.path.name, weight=sub.weight, cap=sub.pipeline.mixing.cap, maximum_rate=g.maximum_rate,
+            datasets=list(g.train), planned_share=sum(mix["rates"].get(d, 0.0) for d in g.train),
+            examples=examples, realized_share=examples / total if total else 0.0)
+    return out
 
 
 def _metric(plan: Plan, dataset: str) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flanpipe import __version__, storage
+from flanpipe.decontaminate import Decontamination
 from flanpipe.formats import Shares, shares_of
 from flanpipe.plan import SplitPlan
 from flanpipe.schema import RecordLayout, SpecialIds
@@ -41,12 +42,13 @@ class RenderSettings:
     # What one render may cost. Not in the cache key: a render within the limits gives the same text under any.
     limits: TemplateLimits = TemplateLimits()
     formats: Shares | None = None  # prompt formats and shares, canonical order; None: today's single format
+    turned_weight: float = 1.0  # the turned templates' weight in the template choice (1: today's choice)
 
     @classmethod
     def of(cls, p: PipelineSpec) -> RenderSettings:
         return cls(p.seed, p.template_choice, p.instructions, p.eval_instructions, p.options_format, p.mixing.cap,
                    p.lengths.inputs, p.lengths.targets, p.truncate, p.fewshot, p.bad_examples, p.template_limits,
-                   shares_of(p.formats))
+                   shares_of(p.formats), p.turned_weight)
 
     def as_dict(self) -> dict[str, Any]:
         out = {"seed": self.seed, "template_choice": self.template_choice, "instructions": self.instructions,
@@ -57,6 +59,8 @@ class RenderSettings:
                "bad_examples": self.bad_examples}
         if self.formats is not None:
             out["formats"] = [list(f) for f in self.formats]
+        if self.turned_weight != 1.0:  # only when set, so that the cache keys of pipelines without it stay
+            out["turned_weight"] = self.turned_weight
         return out
 
     @property
@@ -80,6 +84,8 @@ class DatasetJob:
     eval_splits: tuple[str, ...]  # validation/test when the dataset is evaluated somewhere
     trained: bool  # its train split is read: some split trains on it, or it gets a prompt-tuning set
     marks: Located | None = field(default=None, repr=False)  # the dataset file's line marks, for file:line errors
+    # decontaminate: the eval n-grams its train examples are checked against when read (None: not checked)
+    decontaminate: Decontamination | None = field(default=None, repr=False)
 
     @functools.cached_property
     def key(self) -> str:
@@ -88,6 +94,7 @@ class DatasetJob:
             "format": CACHE_FORMAT, "flanpipe": __version__, "dataset": self.spec.name, "spec": self.spec_sha256,
             "cluster_title": self.cluster_title, "source": self.source_fingerprint,
             "tokenizer": self.tokenizer.identity, "settings": self.settings.as_dict(),
+            **({"decontaminate": self.decontaminate.digest} if self.decontaminate is not None else {}),
         }, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -134,6 +141,8 @@ class MixturePlan:
     name: str  # the computing split
     aliases: tuple[str, ...]  # other splits with the same train datasets (same clusters removed)
     train: tuple[str, ...]
+    # (name, weight, maximum_rate, train datasets) of each sub-mixture; empty: one mixture of ``train``
+    groups: tuple[tuple[str, float, int, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,7 +177,9 @@ class JobContext:
 
 def mixtures_of(splits: tuple[SplitPlan, ...]) -> tuple[MixturePlan, ...]:
     """Group splits by their train datasets: each distinct mixture is computed once (by its first split)."""
-    groups: dict[tuple[str, ...], list[str]] = {}
+    groups: dict[tuple[str, ...], list[SplitPlan]] = {}
     for s in splits:
-        groups.setdefault(s.train, []).append(s.name)
-    return tuple(MixturePlan(names[0], tuple(names[1:]), train) for train, names in groups.items())
+        groups.setdefault(s.train, []).append(s)
+    return tuple(MixturePlan(same[0].name, tuple(s.name for s in same[1:]), train,
+                             tuple((g.name, g.weight, g.maximum_rate, g.train) for g in same[0].submixtures))
+                 for train, same in groups.items())

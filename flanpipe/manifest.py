@@ -87,6 +87,18 @@ class Counts(BaseModel):
         return data
 
 
+class SubMixtureInfo(BaseModel):
+    model_config = _MODEL
+    file: str = Field(description="The sub-pipeline file (its name).")
+    weight: float = Field(description="Weight as declared in mixture_of.")
+    cap: int
+    maximum_rate: int
+    datasets: list[str] = Field(description="Its train datasets in this split.")
+    planned_share: float = Field(description="Its weight over the weights of the sub-mixtures in this split.")
+    examples: int = Field(description="Train examples of its datasets in the split.")
+    realized_share: float = Field(description="examples / the split's train examples.")
+
+
 class SplitManifest(BaseModel):
     """DIR/<split>/manifest.json."""
 
@@ -112,6 +124,8 @@ class SplitManifest(BaseModel):
     planned_examples: dict[str, int] = Field(description="Uses per dataset the mixture allocates.")
     realized_rates: dict[str, float]
     files: dict[str, str] = Field(description="sha256 of every file of the split directory but this manifest.")
+    submixtures: dict[str, SubMixtureInfo] | None = Field(default=None, description=(
+        "Per sub-mixture (mixture_of): weight, settings, datasets and planned vs realized share; absent without."))
 
 
 class PipelineInfo(BaseModel):
@@ -177,8 +191,15 @@ class TopManifest(BaseModel):
     datasets: dict[str, DatasetInfo]
     summary: dict[str, Summary]
     files: dict[str, str] = Field(description="sha256 of every file of the output but this manifest.")
+    submixtures: dict[str, dict[str, Any]] | None = Field(default=None, description=(
+        "Per sub-mixture (mixture_of): its file, weight and resolved pipeline; absent without."))
+    decontamination: dict[str, Any] | None = Field(default=None, description=(
+        "decontaminate: ngram, against, train examples dropped in all, and per dataset the eval sets it was "
+        "checked against, how many it lost and their first keys; absent without."))
 
 
+# Optional keys written only when set, so that outputs of pipelines without them keep their bytes.
+_OMITTED_WHEN_NONE = ("submixtures", "decontamination")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -207,8 +228,17 @@ def load(url: str | Path, model: type[M]) -> M:
         raise OutputError(f"{url}: {where}: {message}") from None
 
 
+def as_data(manifest: BaseModel) -> dict[str, Any]:
+    """A manifest as the JSON data written (optional keys that are not set left out)."""
+    data = manifest.model_dump(mode="json")
+    for key in _OMITTED_WHEN_NONE:
+        if key in data and data[key] is None:
+            del data[key]
+    return data
+
+
 def write(url: str, manifest: BaseModel) -> str:
-    return write_json(url, manifest.model_dump(mode="json"))
+    return write_json(url, as_data(manifest))
 
 
 def summarize(shards: Sequence[Mapping[str, Any]], layout: RecordLayout) -> Summary:

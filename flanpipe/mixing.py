@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
 
 
 def mixing_rates(counts: Mapping[str, int], maximum_rate: int) -> dict[str, float]:
@@ -37,6 +36,31 @@ def allocate(rates: Mapping[str, float], total: int) -> dict[str, int]:
     return out
 
 
+def submixture_rates(groups: Sequence[tuple[float, int, Mapping[str, int]]]
+                     ) -> tuple[dict[str, float], list[float]]:
+    """Rates of a mixture of sub-mixtures, each ``(weight, maximum_rate, counts)``, and each one's share.
+
+    A sub-mixture's share of the examples is its weight over the weights of the sub-mixtures with any
+    example (one with none drops out); within it, datasets mix examples-proportionally with its maximum.
+
+    Example:
+      >>> submixture_rates([(0.3, 3_000, {"a": 9_000, "b": 1_000}), (0.1, 5, {"c": 9})])
+      ({'a': 0.5625, 'b': 0.1875, 'c': 0.25}, [0.75, 0.25])
+    """
+    live = [sum(counts.values()) > 0 for _, _, counts in groups]
+    total = sum(w for (w, _, _), ok in zip(groups, live) if ok)
+    if total == 0:
+        raise ValueError("no sub-mixture has any training example")
+    rates: dict[str, float] = {}
+    shares = []
+    for (weight, maximum_rate, counts), ok in zip(groups, live):
+        share = weight / total if ok else 0.0
+        shares.append(share)
+        if ok:
+            rates.update({d: share * r for d, r in mixing_rates(counts, maximum_rate).items()})
+    return rates, shares
+
+
 @dataclass(frozen=True)
 class Mixture:
     """One train mixture, computed once from the prepared counts: rates and examples per dataset."""
@@ -56,7 +80,13 @@ def plan_mixture(kept: Mapping[str, int], mean_tokens: Mapping[str, float], *, m
     A size in tokens (steps x batch tokens) becomes as many examples as the rate-weighted
     mean example length fills.
     """
-    rates = mixing_rates(kept, maximum_rate)
+    return sized_mixture(mixing_rates(kept, maximum_rate), mean_tokens, examples=examples, tokens=tokens)
+
+
+def sized_mixture(rates: Mapping[str, float], mean_tokens: Mapping[str, float], *, examples: int | None,
+                  tokens: int | None) -> Mixture:
+    """The mixture of ``rates``, sized in examples or in tokens (as ``plan_mixture``)."""
+    rates = dict(rates)
     total = examples
     if total is None:
         if tokens is None:

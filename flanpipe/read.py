@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from flanpipe.decontaminate import Dropped, clean
 from flanpipe.errors import TemplateError
 from flanpipe.hashing import CAP, MIX_ORDER, mix64, stable_hash
 from flanpipe.jobs import DatasetJob
@@ -47,10 +48,11 @@ class ReadCounts:
     capped: int
     kept: int
     bad: int = 0  # dropped as bad (bad_examples: skip)
+    decontaminated: int | None = None  # dropped as sharing an n-gram with eval sets (None: not checked)
 
     def as_dict(self) -> dict[str, int]:
         return {"read": self.read, "filtered": self.filtered, "capped": self.capped, "kept": self.kept,
-                "bad": self.bad}
+                "bad": self.bad, **({} if self.decontaminated is None else {"decontaminated": self.decontaminated})}
 
 
 @dataclass
@@ -181,9 +183,16 @@ def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
     # JSONL samples and files of its own: values are plain Python already
     plain = isinstance(job.source, SamplesSource) or isinstance(job.spec.source, (FilesSource, HuggingFaceSource))
     bad = BadExamples() if job.settings.bad_examples == "skip" else None
+    against = job.decontaminate if split == "train" else None
+    dropped = Dropped()
     if split == "train":
+        if against is not None:  # before the cap: it keeps clean examples
+            examples = clean(compiled, examples, against, dropped, mode=job.settings.instructions,
+                             options_format=job.settings.options_format, plain=plain)
         rows, counts = select_train(compiled, examples, seed=job.settings.seed, cap=job.settings.cap, plain=plain,
                                     bad=bad)
+        if against is not None:
+            counts = replace(counts, read=counts.read + dropped.count, decontaminated=dropped.count)
         tables: Iterator[pa.Table] = chunk_tables(rows)
     else:
         tally = {"read": 0, "filtered": 0}
@@ -197,10 +206,20 @@ def read_split(job: DatasetJob, split: str) -> dict[str, Any]:
         counts = ReadCounts(tally["read"], tally["filtered"], 0, tally["read"] - tally["filtered"] - skipped, skipped)
     meta = {"dataset": job.name, "split": split, "counts": counts.as_dict(), "rows": counts.kept,
             "bad": bad.as_dict() if bad is not None and bad.count else None,
+            **({"decontaminated": dropped.as_dict(against)} if against is not None else {}),
             "chunks": chunks, "chunk_rows": CHUNK_ROWS, "seconds": round(time.perf_counter() - started, 3),
             "cpu_seconds": round(time.process_time() - cpu, 3)}
     write_json(entry.read_meta(split), meta, unique_tmp=True)  # last: its presence means the read is complete
     return meta
+
+
+def eval_chunks_in_memory(job: DatasetJob, split: str) -> Iterator[pa.Table]:
+    """An eval split's field chunks as ``read_split`` stores them, without the store (for the driver)."""
+    plain = isinstance(job.source, SamplesSource) or isinstance(job.spec.source, (FilesSource, HuggingFaceSource))
+    bad = BadExamples() if job.settings.bad_examples == "skip" else None
+    rows = _eval_rows(job.compiled, read_examples(job.spec, split, job.source), job.settings.seed,
+                      {"read": 0, "filtered": 0}, plain, bad)
+    return chunk_tables(rows)
 
 
 def _eval_rows(compiled: CompiledDataset, examples: Iterable[tuple[str, dict[str, Any]]], seed: int,

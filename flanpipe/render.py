@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import time
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -38,17 +39,47 @@ EVAL_SCHEMA = pa.schema([
 
 
 def templates_of(index: np.ndarray, key_hash: np.ndarray, variant: int, settings: RenderSettings,
-                 count: int = NUM_TEMPLATES) -> list[int]:
+                 count: int = NUM_TEMPLATES, *, turned: Sequence[bool] = ()) -> list[int]:
     """The template of each example's ``variant``-th use among ``count``: a seeded (or round-robin) start, then
     the next ones.
 
-    A repeated example (variant 1, 2, ...) therefore draws a different template each time.
+    A repeated example (variant 1, 2, ...) therefore draws a different template each time. With a
+    ``turned_weight`` other than 1 and some ``turned`` template, the start and the next ones are positions
+    on the dataset's weighted cycle (``template_cycle``) instead, so every use weighs its templates so.
     """
+    if settings.turned_weight != 1.0 and any(turned[:count]):
+        cycle = template_cycle(turned[:count], settings.turned_weight)
+        count, pick = len(cycle), cycle
+    else:
+        pick = None
     if settings.template_choice == "round_robin":
         start = index.astype(np.int64)
     else:
         start = (mix64(key_hash, TEMPLATE) % np.uint64(count)).astype(np.int64)
-    return ((start + variant) % count).tolist()
+    position = (start + variant) % count
+    return (position if pick is None else pick[position]).tolist()
+
+
+def template_cycle(turned: Sequence[bool], weight: float) -> np.ndarray:
+    """A cycle of template indices in which a turned template appears ``weight`` times as often as another
+    (the weight taken to 1/100), spread out by smooth weighted round robin: consecutive positions hold
+    different templates unless one template outweighs all others together.
+
+    Example:
+      >>> template_cycle([False, False, True], 0.5).tolist()
+      [0, 1, 2, 0, 1]
+    """
+    ratio = Fraction(weight).limit_denominator(100)
+    weights = [ratio.numerator if t else ratio.denominator for t in turned]
+    total = sum(weights)
+    current = [0] * len(weights)
+    out = []
+    for _ in range(total):
+        current = [c + w for c, w in zip(current, weights)]
+        best = max(range(len(weights)), key=lambda i: (current[i], -i))
+        current[best] -= total
+        out.append(best)
+    return np.asarray(out, np.int64)
 
 
 _ENCODE_BATCH = 256  # texts per native call: the ids come back as Python ints, so keep their lists short-lived
@@ -132,7 +163,8 @@ def render_train(compiled: CompiledDataset, chunk: pa.Table, variant: int, setti
     mode = settings.instructions
     keys = chunk.column("key").to_pylist()
     hashes = np.asarray(chunk.column("key_hash"))
-    templates = templates_of(np.asarray(chunk.column("index")), hashes, variant, settings, len(compiled.templates))
+    templates = templates_of(np.asarray(chunk.column("index")), hashes, variant, settings, len(compiled.templates),
+                             turned=[t.turned for t in compiled.spec.templates])
     n = len(keys)
     formats = formats_of(hashes, variant, settings.formats) if settings.formats else None
     styles = styles_of(hashes, variant, settings.options_format)

@@ -39,6 +39,24 @@ def plan_table(plan: Plan) -> Table:
     return table
 
 
+def submixtures_table(plan: Plan) -> Table:
+    """One row per split and sub-mixture (mixture_of): weight, share, datasets, cap and the allocated share."""
+    files = {s.name: s for s in plan.submixtures}
+    table = Table(title=f"{plan.pipeline.name}: mixture of {len(plan.submixtures)} sub-mixtures")
+    for col in ("split", "sub-mixture", "file", "weight", "share", "train datasets", "cap", "maximum rate",
+                "allocated examples", "allocated share"):
+        table.add_column(col, overflow="fold", justify="left" if col in ("split", "sub-mixture", "file") else "right")
+    for s in plan.splits:
+        total = sum(g.weight for g in s.submixtures)
+        allocated = sum(s.allocation.values())
+        for g in s.submixtures:
+            n = sum(s.allocation.get(d, 0) for d in g.train)
+            table.add_row(s.name, g.name, files[g.name].path.name, f"{g.weight:g}", f"{g.weight / total:.1%}",
+                          str(len(g.train)), f"{files[g.name].pipeline.mixing.cap:,}", f"{g.maximum_rate:,}",
+                          f"{n:,}" if s.allocation else "?", f"{n / allocated:.1%}" if allocated else "?")
+    return table
+
+
 def _count(known: int, unknown: int) -> str:
     return f"{known:,}" + (f" + {unknown} unknown" if unknown else "")
 
@@ -87,6 +105,16 @@ def bad_examples_lines(manifest: Mapping[str, Any]) -> list[str]:
                      + ", ".join(f"{r}: {n:,}" for r, n in sorted(reasons.items()))
                      + f"): {keys}; the first: {first[0][1]}")
     return lines
+
+
+def decontamination_lines(manifest: Mapping[str, Any]) -> list[str]:
+    """One line per dataset that decontaminate dropped train examples of (none without decontaminate)."""
+    decon = manifest.get("decontamination")
+    if not decon:
+        return []
+    return [f"decontaminate ({decon['ngram']}-grams, against {decon['against']}): dropped {v['dropped']:,} train "
+            f"example(s) of {d}: {', '.join(v['keys'][:5])}{', ...' if v['dropped'] > 5 else ''}"
+            for d, v in decon["datasets"].items() if v["dropped"]]
 
 
 def sources_table(rows: list[Availability], source: SamplesSource | TfdsDataSource) -> Table:

@@ -477,6 +477,25 @@ TokenizerChoice = Annotated[
 ]
 
 
+class SubMixture(BaseModel):
+    """One weighted part of a pipeline that is a mixture of pipelines (``mixture_of``)."""
+
+    model_config = _STRICT
+    pipeline: str = Field(min_length=1, description=(
+        "Sub-pipeline file, relative to the pipeline file that lists it (or absolute, or "
+        "flanpipe:pipelines/<name>.yaml); it may set only its datasets/clusters, mixing and render settings."))
+    weight: float = Field(gt=0, description="Its share of the mixture's examples, before normalizing (e.g. 0.4).")
+
+
+class Decontaminate(BaseModel):
+    """Drop train examples sharing a word n-gram with evaluation sets, when the compile reads them."""
+
+    model_config = _STRICT
+    ngram: int = Field(default=13, ge=1, description="Words per n-gram (the audit's --ngram; default 13).")
+    against: Literal["held_out", "all_eval"] = Field(description=(
+        "held_out: the eval sets of the splits that train on the dataset; all_eval: every eval set compiled."))
+
+
 class PipelineSpec(BaseModel):
     """What to build: which held-out mixtures, from which source, with which settings."""
 
@@ -512,6 +531,9 @@ class PipelineSpec(BaseModel):
         description="Instruction mode of the eval sets (the paper evaluates 'none' with natural templates)."
     )
     template_choice: Literal["hash", "round_robin"] = Field(description="How each example's template is chosen.")
+    turned_weight: float = Field(default=1.0, ge=0, le=100, description=(
+        "Mixing weight of a dataset's turned templates (Flan 2022's input inversion, e.g. 0.3) against 1 for "
+        "its others, in every use's template choice (taken to 1/100); 1: all templates alike."))
     options_format: OptionsFormat
     fewshot: FewShot | None = Field(default=None, description="Few-shot variant; None builds zero-shot data.")
     formats: dict[PromptFormat, float] | None = Field(default=None, description=(
@@ -528,6 +550,18 @@ class PipelineSpec(BaseModel):
         "manifest and the compile summary. A template that fails on valid fields is an error either way."))
     template_limits: TemplateLimits = Field(default_factory=TemplateLimits,
                                             description="Cost limits of rendering one template field.")
+    mixture_of: list[SubMixture] | None = Field(default=None, min_length=1, description=(
+        "The mixture as weighted sub-mixtures, each a pipeline file of its own (datasets, mixing, render "
+        "settings); None: this pipeline's datasets in one examples-proportional mixture."))
+    decontaminate: Decontaminate | None = Field(default=None, description=(
+        "Drop train examples sharing an n-gram with eval sets before mixing; None: keep every example."))
+
+    @model_validator(mode="after")
+    def _check_mixture_of(self) -> PipelineSpec:
+        if self.mixture_of is not None and (self.datasets is not None or self.clusters is not None):
+            raise ValueError("with mixture_of, each sub-pipeline sets its own datasets/clusters, not the "
+                             "outer pipeline")
+        return self
 
     @field_validator("formats", mode="after")
     @classmethod
@@ -697,6 +731,18 @@ def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Located]:
         raise SpecError(path, None, None, str(e)) from None
     merged = _resolve_extends(bundled or Path(path), ())
     return validate_located(PipelineSpec, merged), merged
+
+
+def resolve_extends(path: str | Path) -> Located:
+    """A pipeline file's data with its ``extends:`` chain merged in (not validated)."""
+    return _resolve_extends(Path(path), ())
+
+
+def merge_located(base: Located, override: Located) -> Located:
+    """``override``'s keys over ``base``'s, as ``extends:`` merges them, each key keeping the line that set it."""
+    lines = {**base.lines, **override.lines}
+    return Located(_deep_merge(base.data, override.data), override.path, lines,
+                   {**base.text_lines, **override.text_lines})
 
 
 def _resolve_extends(path: Path, chain: tuple[Path, ...]) -> Located:

@@ -166,3 +166,36 @@ def test_without_formats_rows_have_no_format_column(world):
     read.read_split(job, "train")
     table = render_train(job.compiled, read.load_chunk(job, "train", 0), 0, job.settings, job.tokenizer)
     assert "format" not in table.column_names
+
+
+def test_turned_weight_sets_the_share_of_turned_uses_for_every_variant(world):
+    _, jobs, _ = world_jobs(world)
+    base = jobs["senti"].settings
+    turned = [False] * 7 + [True] * 3
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, 40_000, dtype=np.int64).astype(np.uint64)
+    index = np.arange(len(hashes))
+    for weight in (0.3, 0.0, 2.0):
+        settings = type(base)(**{**base.__dict__, "turned_weight": weight})
+        expected = 3 * weight / (3 * weight + 7)
+        for variant in (0, 1, 5):
+            used = np.asarray(templates_of(index, hashes, variant, settings, turned=turned))
+            share = np.isin(used, [7, 8, 9]).mean()
+            assert abs(share - expected) < 0.01, (weight, variant, share, expected)
+        robin = np.asarray(templates_of(index, hashes, 0, type(settings)(**{**settings.__dict__,
+                                                                             "template_choice": "round_robin"}),
+                                        turned=turned))
+        assert abs(np.isin(robin, [7, 8, 9]).mean() - expected) < 0.01
+    # a repeat takes another template; weight 1 (the default) is today's choice, turned or not
+    settings = type(base)(**{**base.__dict__, "turned_weight": 0.3})
+    a, b = (templates_of(index, hashes, v, settings, turned=turned) for v in (0, 1))
+    assert np.mean(np.asarray(a) != np.asarray(b)) > 0.99
+    assert templates_of(index, hashes, 2, base, turned=turned) == templates_of(index, hashes, 2, base)
+
+
+def test_template_cycle_weighs_and_spreads_the_templates():
+    from flanpipe.render import template_cycle
+    cycle = template_cycle([False] * 7 + [True] * 3, 0.3)
+    assert np.bincount(cycle).tolist() == [10] * 7 + [3] * 3
+    assert (cycle != np.roll(cycle, 1)).all()  # never the same template twice in a row, around the cycle too
+    assert 0 not in template_cycle([True, False], 0).tolist() and len(template_cycle([True, False], 0)) == 1

@@ -133,7 +133,9 @@ def audit_output(out: str | Path, settings: AuditSettings = AuditSettings(),
                      "boilerplate_share": settings.boilerplate_share, "lint": asdict(settings.lint),
                      "options_format": fmt.model_dump()},
         "splits": splits,
-        "datasets": _datasets(clusters, splits, lint),
+        "datasets": _datasets(clusters, splits, lint, manifest.get("decontamination")),
+        # what the compile's decontaminate dropped (absent without it): compare with the contamination found
+        **({"decontamination": manifest["decontamination"]} if manifest.get("decontamination") else {}),
         "lint": {"rules": _rule_table(findings, settings, {k: v for k, v in RULES.items() if k not in NEAR_RULES}),
                  "findings": findings},
         "contamination": {"n": settings.ngram, "ngrams_scanned": scanned["ngrams"],
@@ -260,13 +262,16 @@ def _split_findings(splits: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return out
 
 
-def _datasets(clusters: dict[str, str], splits: dict[str, Any], lint: Lint) -> dict[str, Any]:
+def _datasets(clusters: dict[str, str], splits: dict[str, Any], lint: Lint,
+              decontamination: dict[str, Any] | None = None) -> dict[str, Any]:
     samples = lint.samples()
     names = sorted(set(clusters) | set(samples))
+    dropped = (decontamination or {}).get("datasets", {})
     return {d: {"cluster": clusters.get(d), "kind": lint.kind_of(d),
                 "trained_in": [s for s, v in splits.items() if v["datasets"].get(d, {}).get("realized")],
                 "evaluated_in": [s for s, v in splits.items() if d in v["eval"]],
-                "samples": samples.get(d, {})} for d in names}
+                "samples": samples.get(d, {}),
+                **({"decontaminated": dropped[d]["dropped"]} if d in dropped else {})} for d in names}
 
 
 def _rule_table(findings: list[dict[str, Any]], settings: AuditSettings, rules: dict[str, Any] | None = None

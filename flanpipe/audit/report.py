@@ -382,6 +382,14 @@ def _contamination_section(doc: dict[str, Any]) -> list[str]:
                          "ok" if s["leakage"]["ok"] else "LEAK: " + ", ".join(x["dataset"] for x in
                                                                              s["leakage"]["leaked"]))
                         for n, s in doc["splits"].items()]))
+    decon = doc.get("decontamination")
+    if decon:  # what the compile dropped before mixing (decontaminate)
+        parts.append(f"<p class=\"meta\">The compile dropped {decon['dropped']:,} "
+                     f"train examples sharing a {esc(decon['ngram'])}-gram with eval sets (against: "
+                     f"{esc(decon['against'])}) before mixing.</p>")
+        parts.append(table(["dataset", "dropped", "checked against", "first keys dropped"],
+                           [(d, v["dropped"], ", ".join(v["against"]), ", ".join(v["keys"][:5]))
+                            for d, v in decon["datasets"].items()], numeric=[1]))
     return parts
 
 

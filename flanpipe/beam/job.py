@@ -18,7 +18,13 @@ from flanpipe.beam.failures import reported
 from flanpipe.errors import CompileError
 from flanpipe.files import read_json, write_json
 from flanpipe.jobs import JobContext
-from flanpipe.mixing import Mixture, plan_mixture, variants_needed
+from flanpipe.mixing import (
+    Mixture,
+    plan_mixture,
+    sized_mixture,
+    submixture_rates,
+    variants_needed,
+)
 from flanpipe.read import CHUNK_ROWS, read_split
 from flanpipe.render import render_unit
 from flanpipe.store import TableCache
@@ -75,8 +81,14 @@ def mixtures(ctx: JobContext, stats: dict[str, DatasetStats]) -> dict[str, Mixtu
         if not kept:
             raise CompileError(f"split {m.name!r}: none of its train datasets ({', '.join(m.train)}) kept any "
                                f"example (all filtered, skipped or empty)")
-        out[m.name] = plan_mixture(kept, {d: stats[d].mean_tokens for d in kept}, maximum_rate=ctx.maximum_rate,
-                                   examples=ctx.mixture_examples, tokens=ctx.mixture_tokens)
+        mean_tokens = {d: stats[d].mean_tokens for d in kept}
+        if m.groups:  # mixture_of: each sub-mixture's share, examples-proportional within it
+            rates, _ = submixture_rates([(weight, rate, {d: kept[d] for d in train if d in kept})
+                                         for _, weight, rate, train in m.groups])
+            out[m.name] = sized_mixture(rates, mean_tokens, examples=ctx.mixture_examples, tokens=ctx.mixture_tokens)
+        else:
+            out[m.name] = plan_mixture(kept, mean_tokens, maximum_rate=ctx.maximum_rate,
+                                       examples=ctx.mixture_examples, tokens=ctx.mixture_tokens)
     return out
 
 
