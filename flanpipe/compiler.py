@@ -33,6 +33,7 @@ from flanpipe.render import EVAL_SCHEMA, render_eval
 from flanpipe.schema import RecordLayout
 from flanpipe.sources import source_fingerprint
 from flanpipe.spec import ExamplesSize
+from flanpipe.submixtures import any_formats
 from flanpipe.tfds_export import tfds_name, write_tfds_metadata
 from flanpipe.tokenizer import Tokenizer
 from flanpipe.verify import datasets_in_split, leakage
@@ -256,7 +257,7 @@ def _context(plan: Plan, out: str, jobs: dict[str, DatasetJob], options: Compile
         mixture_tokens=None if isinstance(size, ExamplesSize) else size.steps * size.batch_tokens,
         special=tokenizer.special,
         prompt_tuning_sets=p.prompt_tuning_sets, table_cache_bytes=options.table_cache_mb << 20,
-        formats=p.formats is not None)
+        formats=any_formats(p, plan.submixtures))
 
 
 def _finish(plan: Plan, ctx: JobContext, tokenizer: Tokenizer, tok_path: Path, resolved: dict[str, Any]

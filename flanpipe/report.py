@@ -20,8 +20,11 @@ def plan_table(plan: Plan) -> Table:
                  else f"{size.steps:,} steps x {size.batch_tokens:,} tokens")  # type: ignore[union-attr]
     table = Table(title=f"{plan.pipeline.name}: {len(plan.splits)} split(s), mixture {size_text}, "
                         f"source {plan.pipeline.source.kind}, seed {plan.pipeline.seed}")
-    if plan.pipeline.formats:
-        table.caption = "prompt formats: " + ", ".join(f"{f} {share:.0%}" for f, share in plan.pipeline.formats.items())
+    parts = [("", plan.pipeline)] if plan.pipeline.formats else []
+    parts += [(f"{sub.name}: ", sub.pipeline) for sub in plan.submixtures if sub.pipeline.formats]
+    if parts:
+        table.caption = "prompt formats: " + "; ".join(
+            name + ", ".join(f"{f} {share:.0%}" for f, share in p.formats.items()) for name, p in parts)  # type: ignore[union-attr]
     for col in ("split (held out)", "clusters removed", "train datasets", "train examples (capped)",
                 "eval datasets", "largest rates"):
         table.add_column(col, overflow="fold")

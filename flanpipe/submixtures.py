@@ -72,4 +72,16 @@ def load_submixtures(pipeline: PipelineSpec, located: Located) -> tuple[SubPipel
             raise SpecError(file, line, f"mixture_of[{i}].pipeline", f"two sub-mixtures are named {name!r}; give "
                                                                      f"each sub-pipeline its own name")
         subs.append(SubPipeline(name, part.weight, path, effective, sub))
+    with_formats = [s.name for s in subs if s.pipeline.formats is not None]
+    if with_formats and len(with_formats) != len(subs):
+        file, line = located.where(("mixture_of",))
+        raise SpecError(file, line, "mixture_of",
+                        f"sub-mixtures {', '.join(with_formats)} set formats and "
+                        f"{', '.join(s.name for s in subs if s.name not in with_formats)} do not; the output's "
+                        f"'format' column needs one in every part (set formats: in the outer pipeline or in each)")
     return tuple(subs)
+
+
+def any_formats(pipeline: PipelineSpec, subs: tuple[SubPipeline, ...]) -> bool:
+    """Whether uses carry a prompt format: the pipeline sets ``formats``, or (a mixture) its parts do."""
+    return pipeline.formats is not None or any(s.pipeline.formats is not None for s in subs)
