@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from compile_fixtures import compile_world, make_world
-from conftest import generation_yaml, write
+from conftest import TINY_TAXONOMY, generation_yaml, write
 from typer.testing import CliRunner
 
 from flanpipe.audit import audit_output
@@ -18,19 +18,8 @@ from flanpipe.errors import SpecError
 from flanpipe.plan import load_plan
 from flanpipe.verify import verify_output
 
-TAXONOMY = """\
-clusters:
-  natural_language_inference:
-    title: Natural language inference
-    datasets: [rte]
-    also_remove: [paraphrase]
-  paraphrase:
-    title: Paraphrase
-    datasets: [para]
-    also_remove: [natural_language_inference]
-  sentiment:
-    title: Sentiment
-    datasets: [senti, senti2]
+# The tiny taxonomy with a second sentiment dataset and a summarization cluster.
+TAXONOMY = TINY_TAXONOMY.replace("datasets: [senti]", "datasets: [senti, senti2]") + """\
   summarization:
     title: Summarization
     datasets: [summ]

@@ -17,7 +17,7 @@ CONFIGS = REPO / "trainer" / "configs"
 
 def test_every_shipped_config_loads() -> None:
     names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-    assert names == ["flan2021_cpu", "flan_137b", "flan_2b", "flan_422m", "flan_68b", "flan_8b", "tiny"]
+    assert names == ["flan2021_cpu", "flan_137b", "flan_2b", "flan_422m", "flan_68b", "flan_8b", "llama_tiny", "tiny"]
     for name in names:
         config = load_config(CONFIGS / f"{name}.yaml")
         assert config.name == name and config.prompt_tuning.prompt_length == 10

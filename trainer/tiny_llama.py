@@ -17,8 +17,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from flanpipe.paths import TEMPLATES_DIR
+
 SPECIALS = ["<unk>", "<s>", "</s>"]  # ids 0, 1, 2, as Llama's
-_SAMPLES = Path(__file__).resolve().parent.parent / "templates" / "samples"
+_SAMPLES = TEMPLATES_DIR / "samples"  # the checkout's, or the installed wheel's bundled copy
 
 
 def sample_texts(samples: Path = _SAMPLES) -> Iterator[str]:
